@@ -1,0 +1,43 @@
+"""Log verbosity for the ``ser2tcp`` namespace.
+
+``twistd`` installs its log observer without a level filter and ``twist``
+filters only by its own ``--log-level``, so ser2tcp's ``-v``/``-vv`` flags
+need a filter of their own.  Every ser2tcp logger publishes through
+:data:`observer`, which drops events below the chosen level before they reach
+the global log publisher.
+"""
+
+from __future__ import annotations
+
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
+
+NAMESPACE = "ser2tcp"
+
+_predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+_predicate.setLogLevelForNamespace(NAMESPACE, LogLevel.warn)
+observer = FilteringLogObserver(globalLogPublisher, [_predicate])
+
+#: Whether data of both directions is logged (``-vv``).  Checked before an
+#: event is built, because building one per chunk costs even when filtered.
+trace_data = False
+
+LEVELS = {0: LogLevel.warn, 1: LogLevel.info}
+
+
+def logger(name: str) -> Logger:
+    """A logger in the ``ser2tcp.<name>`` namespace, behind our filter."""
+    return Logger(namespace=f"{NAMESPACE}.{name}", observer=observer)
+
+
+def set_verbosity(verbose: int) -> None:
+    """0: WARNING, 1: INFO, 2 or more: DEBUG with the data of both directions."""
+    global trace_data
+    level = LEVELS.get(verbose, LogLevel.debug)
+    _predicate.setLogLevelForNamespace(NAMESPACE, level)
+    trace_data = level is LogLevel.debug

@@ -1,0 +1,99 @@
+"""The ``ser2tcp`` command, with the original ser2tcp's flags.
+
+It runs the same service tree as the twistd plugin, in the foreground, and
+logs to stderr as the original did: ``I: Client connected: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from twisted.logger import (
+    FilteringLogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogBeginner,
+)
+
+from . import __version__, _log
+from .config import ConfigError, load_config
+from .listeners import StartupError
+from .usb import describe_usb_devices
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="ser2tcp",
+        description=f"ser2tcp {__version__}: share serial ports over TCP, TELNET, TLS and Unix sockets",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"ser2tcp {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="-v: INFO (clients, serial open/close), -vv: DEBUG with the data of both directions",
+    )
+    parser.add_argument("-u", "--usb", action="store_true", help="list USB serial devices and exit")
+    parser.add_argument("-c", "--config", help="JSON config file")
+    args = parser.parse_args(argv)
+    if not args.usb and not args.config:
+        parser.error("the following arguments are required: -c/--config")
+    return args
+
+
+def stderr_observer(stream: TextIO) -> Any:
+    """``L: message`` lines, L being the level's first letter, as the original."""
+
+    def observe(event: dict[str, Any]) -> None:
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if failure is not None:
+            text = f"{text}\n{failure.getTraceback()}"
+        level = event.get("log_level", LogLevel.info)
+        stream.write(f"{level.name[0].upper()}: {text}\n")
+        stream.flush()
+
+    # Twisted's own chatter (factories starting, ...) only from WARNING up;
+    # ser2tcp's events were filtered by -v already.
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
+    predicate.setLogLevelForNamespace(_log.NAMESPACE, LogLevel.debug)
+    return FilteringLogObserver(observe, [predicate])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.usb:
+        sys.stdout.write(describe_usb_devices())
+        return 0
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    _log.set_verbosity(args.verbose)
+    globalLogBeginner.beginLoggingTo([stderr_observer(sys.stderr)], redirectStandardIO=False)
+
+    from twisted.internet import reactor
+
+    from .service import build_service
+
+    try:
+        service = build_service(config, reactor)
+        service.privilegedStartService()
+        service.startService()
+    except (ConfigError, StartupError) as e:
+        print(e, file=sys.stderr)
+        return 1
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

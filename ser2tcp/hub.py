@@ -1,0 +1,238 @@
+"""PortHub: the clients of one serial port and the device they share.
+
+The hub owns the port's lifecycle (open on the first client, close after the
+last, forget the device when it is lost) and both data directions:
+
+* device -> clients: every chunk goes to every client, in order;
+* clients -> device: chunks are written as they come; while the device's
+  write buffer is over its threshold, reading from *all* clients pauses, so a
+  fast sender against a slow baud rate is flow-controlled by TCP, not by
+  dropping bytes.
+
+It touches no sockets and no serial port: clients are :class:`IClientSession`
+and the device is an :class:`ISerialLink`, so it is tested with fakes.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import _log
+from .interface import IClientSession, ISerialLink
+
+log = _log.logger("hub")
+
+
+class State(enum.Enum):
+    CLOSED = "closed"
+    OPENING = "opening"
+    OPEN = "open"
+    CLOSING = "closing"
+
+
+@implementer(IPushProducer)
+class _ClientGate:
+    """Registered on the device transport: pauses client reading while the
+    device's write buffer is full.  A separate object from the hub so that
+    Twisted's producer calls cannot be confused with anything else."""
+
+    def __init__(self, hub: PortHub) -> None:
+        self._hub = hub
+
+    def pauseProducing(self) -> None:
+        self._hub._set_device_busy(True)
+
+    def resumeProducing(self) -> None:
+        self._hub._set_device_busy(False)
+
+    def stopProducing(self) -> None:
+        pass  # the device is closing: connectionLost on its protocol follows
+
+
+class _DeviceProtocol(Protocol):
+    """The protocol attached to the device transport: forwards to the hub."""
+
+    def __init__(self, hub: PortHub) -> None:
+        self._hub = hub
+        self.dataReceived = hub.from_device  # type: ignore[method-assign]
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._hub._device_closed(self, reason)
+
+
+class PortHub:
+    def __init__(self, link: ISerialLink) -> None:
+        self.link = link
+        self.state = State.CLOSED
+        self.sessions: list[IClientSession] = []
+        self._deliver: list = []  # session.deliver of every session: the hot loop
+        self._device: ITransport | None = None
+        self._protocol: _DeviceProtocol | None = None
+        self._device_busy = False
+        self._reading = False
+        self._closing_on_purpose = False
+        self._backlog: list[bytes] = []
+        self._waiting_closed: list[defer.Deferred[None]] = []
+
+    @property
+    def name(self) -> str:
+        return self.link.name
+
+    # clients
+
+    def attach(self, session: IClientSession) -> None:
+        """A client joined: it reads once the device is open and not busy."""
+        self.sessions.append(session)
+        self._deliver.append(session.deliver)
+        if not self._reading:
+            session.pause_reading()
+        if self.state is State.CLOSED:
+            self._open()
+
+    def detach(self, session: IClientSession) -> None:
+        """A client left (however).  The last one out closes the device."""
+        if session not in self.sessions:
+            return
+        self.sessions.remove(session)
+        self._deliver.remove(session.deliver)
+        if not self.sessions and self.state is State.OPEN:
+            self._close()
+
+    def from_client(self, session: IClientSession, data: bytes) -> None:
+        if _log.trace_data:
+            log.debug("{session.peer} -> {port}: {data!r}", session=session, port=self.name, data=data)
+        device = self._device
+        if device is not None and self.state is State.OPEN:
+            device.write(data)
+        else:
+            # Read before the gate closed (e.g. in the same chunk as the TLS
+            # handshake): keep it for the device rather than losing it.
+            self._backlog.append(data)
+
+    # device
+
+    def from_device(self, data: bytes) -> None:
+        if _log.trace_data:
+            log.debug("{port} -> clients: {data!r}", port=self.name, data=data)
+        for deliver in self._deliver:
+            deliver(data)
+
+    def shutdown(self) -> None:
+        """Abort every client and close the device now (daemon stopping)."""
+        for session in list(self.sessions):
+            session.abort("ser2tcp is stopping")
+        self.sessions.clear()
+        self._deliver.clear()
+        if self.state in (State.OPEN, State.CLOSING):
+            self._closing_on_purpose = True
+            self.link.close(abort=True)
+
+    def wait_closed(self) -> defer.Deferred[None]:
+        """A Deferred that fires once the device is closed (now, if it is)."""
+        if self.state is State.CLOSED:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting_closed.append(d)
+        return d
+
+    def _open(self) -> None:
+        self.state = State.OPENING
+        protocol = _DeviceProtocol(self)
+        d = self.link.open(protocol)
+        d.addCallbacks(self._opened, self._open_failed, callbackArgs=(protocol,))
+
+    def _opened(self, device: ITransport, protocol: _DeviceProtocol) -> None:
+        self._device = device
+        self._protocol = protocol
+        self._closing_on_purpose = False
+        self._device_busy = False
+        self.state = State.OPEN
+        log.info("Serial {port} opened", port=self.name)
+        device.registerProducer(_ClientGate(self), True)  # type: ignore[attr-defined]
+        backlog, self._backlog = self._backlog, []
+        for data in backlog:
+            device.write(data)
+        if not self.sessions:
+            self._close()
+            return
+        self._update_reading()
+
+    def _open_failed(self, failure: Failure) -> None:
+        self.state = State.CLOSED
+        waiting, self._waiting_closed = self._waiting_closed, []
+        for d in waiting:
+            d.callback(None)
+        self._backlog.clear()
+        why = failure.getErrorMessage()
+        sessions, self.sessions = self.sessions, []
+        self._deliver.clear()
+        log.warn(
+            "Serial {port}: cannot open: {why} (refusing {n} client(s))",
+            port=self.name,
+            why=why,
+            n=len(sessions),
+        )
+        for session in sessions:
+            session.refuse(f"cannot open serial port {self.name}: {why}")
+
+    def _close(self) -> None:
+        self.state = State.CLOSING
+        self._closing_on_purpose = True
+        self._update_reading()
+        self.link.close()
+
+    def _device_closed(self, protocol: _DeviceProtocol, reason: Failure | None) -> None:
+        if protocol is not self._protocol:
+            return
+        self.link.closed()
+        self._device = None
+        self._protocol = None
+        self._backlog.clear()
+        on_purpose, self._closing_on_purpose = self._closing_on_purpose, False
+        self.state = State.CLOSED
+        if on_purpose:
+            log.info("Serial {port} closed", port=self.name)
+        else:
+            if reason is None or reason.check(error.ConnectionDone):
+                why = "device hung up"
+            else:
+                why = reason.getErrorMessage()
+            log.warn(
+                "Serial {port} lost: {why} (closing {n} client(s))",
+                port=self.name,
+                why=why,
+                n=len(self.sessions),
+            )
+            sessions, self.sessions = self.sessions, []
+            self._deliver.clear()
+            for session in sessions:
+                session.close(f"serial port {self.name} lost: {why}")
+        waiting, self._waiting_closed = self._waiting_closed, []
+        for d in waiting:
+            d.callback(None)
+        if self.sessions:
+            self._open()  # clients came while the device was closing
+        else:
+            self._reading = False
+
+    def _set_device_busy(self, busy: bool) -> None:
+        if busy != self._device_busy:
+            self._device_busy = busy
+            self._update_reading()
+
+    def _update_reading(self) -> None:
+        reading = self.state is State.OPEN and not self._device_busy
+        if reading == self._reading:
+            return
+        self._reading = reading
+        for session in self.sessions:
+            if reading:
+                session.resume_reading()
+            else:
+                session.pause_reading()

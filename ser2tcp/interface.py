@@ -1,0 +1,60 @@
+"""The zope Interfaces that keep ser2tcp's core independent of sockets.
+
+The hub (one per serial port) speaks to clients only through
+:class:`IClientSession`, whatever their protocol (raw TCP, TELNET, TLS, Unix
+socket), and to the device only through :class:`ISerialLink`.  That is what
+lets the core be tested with plain fakes and a ``task.Clock``.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IClientSession(Interface):
+    """One connected client, as the hub of its serial port sees it."""
+
+    peer = Attribute("str: how logs name this client, e.g. '127.0.0.1:4242 TCP'")
+
+    def deliver(data: bytes) -> None:
+        """Send bytes read from the device to this client (in order, never dropped)."""
+
+    def pause_reading() -> None:
+        """Stop reading from this client (the device is busy or not open yet).
+
+        Must be idempotent: the hub calls it whenever its gate closes."""
+
+    def resume_reading() -> None:
+        """Read from this client again.  Idempotent."""
+
+    def close(why: str) -> None:
+        """Close after flushing what was delivered (device lost)."""
+
+    def refuse(why: str) -> None:
+        """Close because the device could not be opened.
+
+        Programs must get no byte that could pass for device data; a protocol
+        used by people (TELNET) may send one line saying ``why``."""
+
+    def abort(why: str) -> None:
+        """Close at once, discarding anything queued (shutdown)."""
+
+
+class ISerialLink(Interface):
+    """Opens and closes one serial device on behalf of its hub."""
+
+    name = Attribute("str: the device as configured, for logs")
+
+    def open(protocol):  # type: ignore[no-untyped-def]
+        """Resolve the device and open it with ``protocol`` attached.
+
+        Returns a Deferred firing with the device transport, or failing with
+        an exception whose text says why the device could not be opened."""
+
+    def close(abort: bool = False) -> None:
+        """Close the open device: flush pending writes first unless ``abort``.
+
+        The device protocol's ``connectionLost`` tells when it is closed."""
+
+    def closed() -> None:
+        """Told by the hub once the device is closed, however that happened."""

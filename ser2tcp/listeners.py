@@ -1,0 +1,112 @@
+"""Listeners: a server's config becomes a Twisted endpoint that is listening.
+
+Every listener is built from an endpoint string, either the user's own
+(``"endpoint": "tcp6:7000:interface=\\:\\:1"``, ``systemd:...``) or one made
+from ``address`` and ``port`` with every value quoted.  TLS is not a kind of
+endpoint here but a wrapper around the factory, so it works on any stream
+endpoint and can require client certificates, which the ``ssl:`` string
+cannot express.
+
+Twisted's ``StreamServerEndpointService`` only logs a failure to listen and
+keeps running; :class:`ListenerService` makes it fail the start instead.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.python.failure import Failure
+
+from . import _log
+from .config import ConfigError, ServerConfig
+
+log = _log.logger("listener")
+
+#: Pending connections the kernel may hold: bursts of clients must not wait
+#: for SYN retransmissions (the original ser2tcp used 1).
+BACKLOG = 1024
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the text is the one line the user sees."""
+
+
+def resolve_address(address: str, where: str) -> str:
+    """The IP address to bind for ``address`` ("" means every IPv4 address)."""
+    if address in ("", "0.0.0.0", "*"):
+        return "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(address, None, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ConfigError(f"{where}.address: cannot resolve {address!r}: {reason}") from None
+    return str(infos[0][4][0])
+
+
+def endpoint_string(server: ServerConfig) -> str:
+    """The endpoint description of a server (what ``endpoint`` would say)."""
+    if server.endpoint is not None:
+        return server.endpoint
+    quote = endpoints.quoteStringArgument
+    if server.protocol == "socket":
+        mode = f":mode={server.mode:o}" if server.mode is not None else ""
+        return f"unix:address={quote(str(server.address))}{mode}:lockfile=0:backlog={BACKLOG}"
+    interface = resolve_address(str(server.address), server.where)
+    return f"tcp:port={server.port}:interface={quote(interface)}:backlog={BACKLOG}"
+
+
+def make_endpoint(reactor: Any, server: ServerConfig) -> IStreamServerEndpoint:
+    description = endpoint_string(server)
+    try:
+        return endpoints.serverFromString(reactor, description)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ConfigError(f"{server.where}.endpoint: invalid endpoint {description!r}: {e}") from None
+
+
+class ListenerService(Service):
+    """Listens on one endpoint while running; a failure to listen fails the start."""
+
+    port: IListeningPort | None = None
+
+    def __init__(
+        self, endpoint: IStreamServerEndpoint, factory: IProtocolFactory, server: ServerConfig
+    ) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.server = server
+
+    def privilegedStartService(self) -> None:
+        # twistd binds here, before dropping privileges; twist only calls
+        # startService, which listens if this did not.
+        self._listen()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._listen()
+        super().startService()
+
+    def _listen(self) -> None:
+        if self.port is not None:
+            return
+        result: list[Any] = []
+        self.endpoint.listen(self.factory).addBoth(result.append)
+        if not result:
+            raise StartupError(f"{self.server.where}: {self.server.label}: listening did not complete")
+        if isinstance(result[0], Failure):
+            reason = result[0].value
+            text = getattr(reason, "socketError", None) or reason
+            text = getattr(text, "strerror", None) or str(text)
+            raise StartupError(f"{self.server.where}: cannot listen on {self.server.label}: {text}")
+        self.port = result[0]
+        log.info("Listening: {label}", label=self.server.label)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None

@@ -1,0 +1,137 @@
+"""Per-client send queue: the one place where slow clients are cut off.
+
+An :class:`Outbox` is registered as a streaming producer on its client's
+transport.  Twisted pauses it once the transport holds more than its
+``bufferSize`` (64 KiB) and resumes it only when the transport has drained
+completely.  While paused we queue device data ourselves, so that neither the
+serial port nor any other client ever waits for this one, and we enforce:
+
+* ``send_timeout``: paused for that long without draining: abort the client.
+* ``buffer_limit``: our own queue would grow beyond it: abort the client.
+
+A client is always aborted rather than given a stream with holes.  Twisted
+calls ``pauseProducing`` on every write while over the threshold, so pausing
+is idempotent.  ``abortConnection`` is used because ``loseConnection`` waits
+for a flush that a stuck client never allows.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from zope.interface import implementer
+
+
+@implementer(IPushProducer)
+class Outbox:
+    def __init__(
+        self,
+        transport: ITransport,
+        clock: IReactorTime,
+        send_timeout: float | None,
+        buffer_limit: int | None,
+        on_drop: Callable[[str], None],
+    ) -> None:
+        self._transport = transport
+        self._clock = clock
+        self._send_timeout = send_timeout
+        self._buffer_limit = buffer_limit
+        self._on_drop = on_drop
+        self._queue: deque[bytes] = deque()
+        self.queued = 0  # bytes in our queue (not counting Twisted's buffer)
+        self.paused = False
+        self.closed = False
+        self._finishing = False
+        self._timer: IDelayedCall | None = None
+
+    def send(self, data: bytes) -> None:
+        """Hand ``data`` to the transport now, or queue it while paused."""
+        if self.closed:
+            return
+        if not self.paused:
+            self._transport.write(data)
+            return
+        limit = self._buffer_limit
+        if limit is not None and self.queued + len(data) > limit:
+            self.drop(f"buffer_limit of {limit} bytes exceeded")
+            return
+        self._queue.append(data)
+        self.queued += len(data)
+
+    def finish(self) -> None:
+        """Close the connection once everything queued has been sent.
+
+        A client that does not take it within ``send_timeout`` is aborted, as
+        it would be while the connection is open.  The owner must call
+        :meth:`stopProducing` from ``connectionLost`` to cancel that timer.
+        """
+        if self.closed or self._finishing:
+            return
+        self._finishing = True
+        if self._timer is None:
+            self._start_timer(5.0 if self._send_timeout is None else self._send_timeout)
+        if not self._queue:
+            self._lose()
+
+    def drop(self, why: str) -> None:
+        """Abort the connection now, discarding what is queued."""
+        if self.closed:
+            return
+        self._close()
+        self._on_drop(why)
+        self._transport.abortConnection()  # type: ignore[attr-defined]
+
+    # IPushProducer, called by the transport
+
+    def pauseProducing(self) -> None:
+        if self.paused or self.closed:
+            return
+        self.paused = True
+        if self._send_timeout is not None and self._timer is None:
+            self._start_timer(self._send_timeout)
+
+    def resumeProducing(self) -> None:
+        if self.closed:
+            return
+        self.paused = False
+        if not self._finishing:
+            self._cancel_timer()
+        queue = self._queue
+        write = self._transport.write
+        # Refill only until the transport pauses us again, so that the next
+        # send_timeout measures the draining of one buffer, not of a backlog.
+        while queue and not self.paused:
+            data = queue.popleft()
+            self.queued -= len(data)
+            write(data)
+        if self._finishing and not queue:
+            self._lose()
+
+    def stopProducing(self) -> None:
+        self._close()
+
+    def _lose(self) -> None:
+        # A transport with a producer registered waits for it before closing.
+        self._transport.unregisterProducer()
+        self._transport.loseConnection()
+
+    def _start_timer(self, seconds: float) -> None:
+        self._timer = self._clock.callLater(seconds, self._expired, seconds)
+
+    def _expired(self, seconds: float) -> None:
+        self._timer = None
+        self.drop(f"no send progress for {seconds:g} s (send_timeout)")
+
+    def _close(self) -> None:
+        self.closed = True
+        self._cancel_timer()
+        self._queue.clear()
+        self.queued = 0
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None

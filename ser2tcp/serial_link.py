@@ -1,0 +1,136 @@
+"""SerialLink: find, open and close one configured serial device.
+
+Two transports carry device data, and the hub cannot tell them apart:
+
+* a device with a file descriptor (``/dev/tty*`` on Linux and macOS) uses
+  Twisted's own ``SerialPort``, polled by the reactor like a socket;
+* a pyserial URL (``loop://``, ``socket://``, ...) or a port whose descriptor
+  cannot be polled (Windows) uses :class:`ThreadedSerialTransport`.
+
+Twisted's ``SerialPort`` passes only a few settings to pyserial, so ours
+builds the pyserial object itself from every configured keyword.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import serial
+from serial.tools import list_ports
+from twisted.internet import defer, error, threads
+from twisted.internet.interfaces import IReactorCore
+from twisted.internet.protocol import Protocol
+from twisted.internet.serialport import SerialPort
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .config import SerialConfig
+from .interface import ISerialLink
+from .threaded_serial import ThreadedSerialTransport
+from .usb import Comports, find_device
+
+#: How long closing may wait for pending writes to reach the device.
+CLOSE_FLUSH_TIMEOUT = 10.0
+
+#: Settings that only make sense for pyserial's own blocking reads/writes;
+#: the reactor-driven transport reads and writes the descriptor itself.
+_BLOCKING_ONLY = ("timeout", "write_timeout", "inter_byte_timeout")
+
+
+class FdSerialPort(SerialPort):
+    """Twisted's SerialPort, opened with every configured pyserial setting."""
+
+    def __init__(self, protocol: Protocol, settings: Mapping[str, Any], reactor: Any) -> None:
+        self._settings = {k: v for k, v in settings.items() if k not in _BLOCKING_ONLY}
+        super().__init__(protocol, settings["port"], reactor)
+
+    def _serialFactory(self, port: str, **ignored: Any) -> serial.Serial:  # type: ignore[override]
+        return serial.Serial(timeout=0, **self._settings)
+
+    def abortConnection(self) -> None:
+        """Close now, discarding pending writes (shutdown, stuck device)."""
+        if self.connected:
+            self.stopReading()
+            self.stopWriting()
+            self.connectionLost(Failure(error.ConnectionAborted()))
+
+
+def is_url(port: str) -> bool:
+    return "://" in port
+
+
+@implementer(ISerialLink)
+class SerialLink:
+    def __init__(
+        self, config: SerialConfig, reactor: IReactorCore, comports: Comports = list_ports.comports
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._reactor = reactor
+        self._comports = comports
+        self.transport: Any = None
+        self._close_timer: Any = None
+
+    def open(self, protocol: Protocol) -> defer.Deferred[Any]:
+        try:
+            settings = dict(self.config.settings)
+            if self.config.match is not None:
+                settings["port"] = find_device(self.config.match, self._comports)
+            port = settings["port"]
+            if is_url(port) or os.name == "nt":
+                d = threads.deferToThreadPool(
+                    self._reactor,
+                    self._reactor.getThreadPool(),  # type: ignore[attr-defined]
+                    _open_pyserial,
+                    settings,
+                )
+                d.addCallback(self._attach_threaded, protocol)
+                return d
+            self.transport = FdSerialPort(protocol, settings, self._reactor)
+        except Exception as e:
+            return defer.fail(_OpenError(_describe(e)))
+        return defer.succeed(self.transport)
+
+    def close(self, abort: bool = False) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if abort:
+            transport.abortConnection()
+            return
+        transport.loseConnection()
+        if self._close_timer is None:
+            self._close_timer = self._reactor.callLater(  # type: ignore[attr-defined]
+                CLOSE_FLUSH_TIMEOUT, transport.abortConnection
+            )
+
+    def _attach_threaded(self, port: serial.SerialBase, protocol: Protocol) -> Any:
+        self.transport = ThreadedSerialTransport(protocol, port, self._reactor)  # type: ignore[arg-type]
+        return self.transport
+
+    def closed(self) -> None:
+        """The hub saw the device close (flushed, aborted or lost)."""
+        self.transport = None
+        if self._close_timer is not None:
+            if self._close_timer.active():
+                self._close_timer.cancel()
+            self._close_timer = None
+
+
+class _OpenError(Exception):
+    pass
+
+
+def _open_pyserial(settings: Mapping[str, Any]) -> serial.SerialBase:
+    try:
+        settings = dict(settings)
+        return serial.serial_for_url(settings.pop("port"), **settings)
+    except Exception as e:
+        raise _OpenError(_describe(e)) from None
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text

@@ -1,0 +1,78 @@
+"""The twistd/twist plugin: ``twist ser2tcp -c cfg.json``.
+
+``Options`` takes the flags of the ``ser2tcp`` command, and validates the
+config while parsing, so that a bad config stops ``twist``/``twistd`` with
+one line before anything is daemonized or bound.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from twisted.python import usage
+
+from . import __version__, _log
+from .config import Config, ConfigError, load_config
+from .listeners import StartupError
+from .service import build_service, install_startup_error_hook
+from .usb import describe_usb_devices
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit code 1: how every bad config ends."""
+    print(message, file=sys.stderr)
+    raise SystemExit(1)
+
+
+class Options(usage.Options):
+    synopsis = "-c CONFIG [-v|-vv]"
+    longdesc = "Share serial ports over TCP, TELNET, TLS and Unix sockets."
+    optParameters = [["config", "c", None, "JSON config file (required)"]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["verbose"] = 0
+        self.config: Config | None = None
+
+    def opt_verbose(self) -> None:
+        """-v: INFO (connections, serial open/close); -vv: DEBUG with data"""
+        self["verbose"] += 1
+
+    opt_v = opt_verbose
+
+    def opt_usb(self) -> None:
+        """List USB serial devices (for "match") and exit"""
+        sys.stdout.write(describe_usb_devices())
+        raise SystemExit(0)
+
+    opt_u = opt_usb
+
+    def opt_version(self) -> None:
+        """Print the version and exit"""
+        print(f"ser2tcp {__version__}")
+        raise SystemExit(0)
+
+    opt_V = opt_version
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("the config file is required: -c CONFIG")
+        try:
+            self.config = load_config(self["config"])
+        except ConfigError as e:
+            fail(str(e))
+
+
+def makeService(options: Options, reactor: Any = None) -> Any:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    _log.set_verbosity(options["verbose"])
+    install_startup_error_hook()
+    assert options.config is not None
+    try:
+        return build_service(options.config, reactor)
+    except (ConfigError, StartupError) as e:
+        fail(str(e))
