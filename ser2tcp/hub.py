@@ -71,7 +71,9 @@ class PortHub:
         self.link = link
         self.state = State.CLOSED
         self.sessions: list[IClientSession] = []
-        self._deliver: list = []  # session.deliver of every session: the hot loop
+        # session.deliver of every session, for the hot loop.  A new list on
+        # every change, so a client leaving during fan-out breaks nothing.
+        self._deliver: list = []
         self._device: ITransport | None = None
         self._protocol: _DeviceProtocol | None = None
         self._device_busy = False
@@ -89,7 +91,7 @@ class PortHub:
     def attach(self, session: IClientSession) -> None:
         """A client joined: it reads once the device is open and not busy."""
         self.sessions.append(session)
-        self._deliver.append(session.deliver)
+        self._deliver = [s.deliver for s in self.sessions]
         if not self._reading:
             session.pause_reading()
         if self.state is State.CLOSED:
@@ -100,7 +102,7 @@ class PortHub:
         if session not in self.sessions:
             return
         self.sessions.remove(session)
-        self._deliver.remove(session.deliver)
+        self._deliver = [s.deliver for s in self.sessions]
         if not self.sessions and self.state is State.OPEN:
             self._close()
 
@@ -128,7 +130,7 @@ class PortHub:
         for session in list(self.sessions):
             session.abort("ser2tcp is stopping")
         self.sessions.clear()
-        self._deliver.clear()
+        self._deliver = []
         if self.state in (State.OPEN, State.CLOSING):
             self._closing_on_purpose = True
             self.link.close(abort=True)
@@ -171,7 +173,7 @@ class PortHub:
         self._backlog.clear()
         why = failure.getErrorMessage()
         sessions, self.sessions = self.sessions, []
-        self._deliver.clear()
+        self._deliver = []
         log.warn(
             "Serial {port}: cannot open: {why} (refusing {n} client(s))",
             port=self.name,
@@ -193,7 +195,6 @@ class PortHub:
         self.link.closed()
         self._device = None
         self._protocol = None
-        self._backlog.clear()
         on_purpose, self._closing_on_purpose = self._closing_on_purpose, False
         self.state = State.CLOSED
         if on_purpose:
@@ -210,7 +211,8 @@ class PortHub:
                 n=len(self.sessions),
             )
             sessions, self.sessions = self.sessions, []
-            self._deliver.clear()
+            self._deliver = []
+            self._backlog.clear()
             for session in sessions:
                 session.close(f"serial port {self.name} lost: {why}")
         waiting, self._waiting_closed = self._waiting_closed, []

@@ -13,7 +13,9 @@ keeps running; :class:`ListenerService` makes it fail the start instead.
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 from typing import Any
 
 from twisted.application.service import Service
@@ -59,6 +61,36 @@ def endpoint_string(server: ServerConfig) -> str:
     return f"tcp:port={server.port}:interface={quote(interface)}:backlog={BACKLOG}"
 
 
+def clear_stale_socket(path: str) -> None:
+    """Make room for a Unix socket at ``path``, or say why not.
+
+    A socket file nobody listens on (left by a crash) is removed.  A live
+    socket belongs to another process, and anything that is not a socket is
+    the user's: neither is ever deleted.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise StartupError(f"cannot use {path}: {e.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a socket"
+        raise StartupError(f"{path} exists and is {kind}; not removing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)  # stale: nobody is listening
+        return
+    except OSError as e:
+        raise StartupError(f"cannot use {path}: {e.strerror or e}") from None
+    finally:
+        probe.close()
+    raise StartupError(f"{path} is in use by another process")
+
+
 def make_endpoint(reactor: Any, server: ServerConfig) -> IStreamServerEndpoint:
     description = endpoint_string(server)
     try:
@@ -92,6 +124,12 @@ class ListenerService(Service):
     def _listen(self) -> None:
         if self.port is not None:
             return
+        server = self.server
+        if server.protocol == "socket" and server.endpoint is None:
+            try:
+                clear_stale_socket(str(server.address))
+            except StartupError as e:
+                raise StartupError(f"{server.where}.address: {e}") from None
         result: list[Any] = []
         self.endpoint.listen(self.factory).addBoth(result.append)
         if not result:

@@ -18,8 +18,10 @@ from . import _log
 from .config import Config, ConfigError, PortConfig, ServerConfig
 from .hub import PortHub
 from .listeners import ListenerService, StartupError, make_endpoint
-from .protocols import ClientFactory
+from .protocols import ClientFactory, TlsFactory
 from .serial_link import SerialLink
+from .telnet import TelnetFactory
+from .tls import certificate_options, wrap_tls
 
 log = _log.logger("service")
 
@@ -33,8 +35,23 @@ def _raw_factory(hub: PortHub, server: ServerConfig, reactor: Any) -> IProtocolF
     return ClientFactory(hub, server, reactor)
 
 
+def _telnet_factory(hub: PortHub, server: ServerConfig, reactor: Any) -> IProtocolFactory:
+    return TelnetFactory(hub, server, reactor)
+
+
+def _tls_factory(hub: PortHub, server: ServerConfig, reactor: Any) -> IProtocolFactory:
+    assert server.ssl is not None
+    options = certificate_options(server.ssl, f"{server.where}.ssl")
+    return wrap_tls(TlsFactory(hub, server, reactor), options, reactor)
+
+
 #: protocol name -> how its client factory is built
-FACTORIES: dict[str, FactoryBuilder] = {"tcp": _raw_factory}
+FACTORIES: dict[str, FactoryBuilder] = {
+    "tcp": _raw_factory,
+    "socket": _raw_factory,
+    "telnet": _telnet_factory,
+    "ssl": _tls_factory,
+}
 
 
 class PortService(MultiService):

@@ -1,0 +1,108 @@
+"""The TELNET server protocol: a plain ``telnet host port`` is a serial terminal.
+
+On connect the server asks for character mode (it will echo, both sides
+suppress go-ahead) and BINARY both ways, so every key reaches the device at
+once, is not echoed locally and passes unchanged.  It never sends DO LINEMODE.
+
+Twisted's ``telnet.Telnet`` is kept for its RFC 1143 option state machine
+(agree to what we support, refuse the rest, never loop); its byte handling is
+replaced by :class:`~ser2tcp.telnet_codec.TelnetDecoder`, which is
+transparent for CR, LF and NUL and never raises on odd input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.conch import telnet
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from . import _log
+from .config import ServerConfig
+from .hub import PortHub
+from .protocols import ClientFactory, RawClient
+from .telnet_codec import TelnetDecoder, escape
+
+log = _log.logger("telnet")
+
+BINARY, ECHO, SGA = b"\x00", b"\x01", b"\x03"
+#: Options we enable on our side / accept on the client's side.
+LOCAL_OPTIONS = frozenset((BINARY, ECHO, SGA))
+REMOTE_OPTIONS = frozenset((BINARY, SGA))
+
+_last_chunk: bytes | None = None
+_last_escaped = b""
+
+
+def _escape_shared(data: bytes) -> bytes:
+    """Escape once per device chunk however many TELNET clients get it."""
+    global _last_chunk, _last_escaped
+    if data is not _last_chunk:
+        _last_chunk, _last_escaped = data, escape(data)
+    return _last_escaped
+
+
+class TelnetClient(RawClient, telnet.Telnet):
+    def __init__(self, hub: PortHub, server: ServerConfig, clock: IReactorTime) -> None:
+        RawClient.__init__(self, hub, server, clock)
+        telnet.Telnet.__init__(self)
+        self.decoder = TelnetDecoder()
+
+    def ready(self) -> None:
+        self.deliver = self._deliver_escaped  # type: ignore[method-assign]
+        self._negotiate(self.will(ECHO))
+        self._negotiate(self.will(SGA).addCallback(lambda _: self._negotiate(self.do(SGA))))
+        self._negotiate(self.do(BINARY).addCallback(lambda _: self._negotiate(self.will(BINARY))))
+        RawClient.ready(self)
+
+    def _negotiate(self, d: Any) -> None:
+        # A client may refuse, or leave: neither is an error here.
+        d.addErrback(lambda f: None)
+
+    def _deliver_escaped(self, data: bytes) -> None:
+        self.outbox.send(_escape_shared(data))  # type: ignore[union-attr]
+
+    def _write(self, data: bytes) -> None:
+        # Negotiation replies queue behind device data, in order.
+        if self.outbox is not None:
+            self.outbox.send(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        for event in self.decoder.feed(data):
+            if type(event) is bytes:
+                self.hub.from_client(self, event)
+            elif event[0] == "verb":
+                self.commandReceived(bytes((event[1],)), bytes((event[2],)))
+            elif event[0] == "sb":
+                if event[1]:
+                    self.negotiate([bytes((b,)) for b in event[1]])
+            elif _log.trace_data:
+                log.debug("{peer}: TELNET command 0x{cmd:02x} ignored", peer=self.peer, cmd=event[1])
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        telnet.Telnet.connectionLost(self, reason)
+        RawClient.connectionLost(self, reason)
+
+    # option policy (RFC 1143 is Twisted's)
+
+    def enableLocal(self, option: bytes) -> bool:
+        return option in LOCAL_OPTIONS
+
+    def enableRemote(self, option: bytes) -> bool:
+        return option in REMOTE_OPTIONS
+
+    def disableLocal(self, option: bytes) -> None:
+        pass
+
+    def disableRemote(self, option: bytes) -> None:
+        pass
+
+    def refuse(self, why: str) -> None:
+        # People read TELNET: tell them why, in one line.
+        self._write(f"ser2tcp: {why}\r\n".encode(errors="replace").replace(b"\xff", b"\xff\xff"))
+        RawClient.refuse(self, why)
+
+
+class TelnetFactory(ClientFactory):
+    protocol_class = TelnetClient
