@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import _log
+from .fastpath import immediate_writer
 from .interface import IClientSession, ISerialLink
 
 log = _log.logger("hub")
@@ -109,9 +110,8 @@ class PortHub:
     def from_client(self, session: IClientSession, data: bytes) -> None:
         if _log.trace_data:
             log.debug("{session.peer} -> {port}: {data!r}", session=session, port=self.name, data=data)
-        device = self._device
-        if device is not None and self.state is State.OPEN:
-            device.write(data)
+        if self.state is State.OPEN:
+            self._write_device(data)
         else:
             # Read before the gate closed (e.g. in the same chunk as the TLS
             # handshake): keep it for the device rather than losing it.
@@ -151,6 +151,7 @@ class PortHub:
 
     def _opened(self, device: ITransport, protocol: _DeviceProtocol) -> None:
         self._device = device
+        self._write_device = immediate_writer(device)
         self._protocol = protocol
         self._closing_on_purpose = False
         self._device_busy = False
@@ -159,7 +160,7 @@ class PortHub:
         device.registerProducer(_ClientGate(self), True)  # type: ignore[attr-defined]
         backlog, self._backlog = self._backlog, []
         for data in backlog:
-            device.write(data)
+            self._write_device(data)
         if not self.sessions:
             self._close()
             return

@@ -23,6 +23,8 @@ from typing import Callable
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from zope.interface import implementer
 
+from .fastpath import immediate_writer
+
 
 @implementer(IPushProducer)
 class Outbox:
@@ -35,6 +37,7 @@ class Outbox:
         on_drop: Callable[[str], None],
     ) -> None:
         self._transport = transport
+        self._write = immediate_writer(transport)
         self._clock = clock
         self._send_timeout = send_timeout
         self._buffer_limit = buffer_limit
@@ -51,7 +54,7 @@ class Outbox:
         if self.closed:
             return
         if not self.paused:
-            self._transport.write(data)
+            self._write(data)
             return
         limit = self._buffer_limit
         if limit is not None and self.queued + len(data) > limit:
@@ -99,7 +102,7 @@ class Outbox:
         if not self._finishing:
             self._cancel_timer()
         queue = self._queue
-        write = self._transport.write
+        write = self._write
         # Refill only until the transport pauses us again, so that the next
         # send_timeout measures the draining of one buffer, not of a backlog.
         while queue and not self.paused:
