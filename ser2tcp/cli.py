@@ -88,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         service.startService()
     except (ConfigError, StartupError) as e:
         print(e, file=sys.stderr)
+        # Let the listeners that did start finish closing (a Unix socket's
+        # file is removed one reactor turn after stopListening).
+        reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
+        reactor.run()  # type: ignore[attr-defined]
         return 1
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]

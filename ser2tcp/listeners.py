@@ -82,7 +82,10 @@ def clear_stale_socket(path: str) -> None:
         probe.settimeout(1.0)
         probe.connect(path)
     except ConnectionRefusedError:
-        os.unlink(path)  # stale: nobody is listening
+        try:
+            os.unlink(path)  # stale: nobody is listening
+        except OSError as e:
+            raise StartupError(f"cannot remove the stale socket {path}: {e.strerror}") from None
         return
     except OSError as e:
         raise StartupError(f"cannot use {path}: {e.strerror or e}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL import SSL
+from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -32,9 +33,11 @@ def describe_peer(address: Any) -> str:
         if ":" in host:
             return f"[{host}]:{address.port}"
         return f"{host}:{address.port}"
-    name = getattr(address, "name", None)
-    if name is not None:
-        return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+    if isinstance(address, UNIXAddress):
+        name = address.name
+        if isinstance(name, bytes):
+            return name.decode(errors="replace")
+        return name or "unix socket"
     return str(address)
 
 
@@ -71,9 +74,10 @@ class RawClient(Protocol):
     def _peer_address(self) -> str:
         transport = self.transport
         assert transport is not None
-        if self.server.protocol == "socket":
-            return self.server.address or describe_peer(transport.getHost())
-        return describe_peer(transport.getPeer())
+        peer = transport.getPeer()
+        if isinstance(peer, UNIXAddress):  # Unix peers are unnamed: name the path
+            return describe_peer(transport.getHost())
+        return describe_peer(peer)
 
     def join(self) -> None:
         """Become a session of the hub: from now on device data flows."""
