@@ -11,7 +11,7 @@ import sys
 from typing import Any, Callable
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IProtocolFactory
 
 from . import _log
@@ -74,6 +74,9 @@ class PortService(MultiService):
     def stopService(self) -> Any:
         yield super().stopService()  # no new clients
         self.hub.shutdown()
+        # abortConnection() completes on the next reactor turn: let clients
+        # see their connectionLost (and log it) before the reactor stops.
+        yield task.deferLater(self.reactor, 0, lambda: None)
         closed = self.hub.wait_closed()
         closed.addTimeout(STOP_TIMEOUT, self.reactor)
         try:
