@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,8 +204,23 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _at(where: str, key: str) -> str:
+    """The key path of ``key`` inside ``where``; odd keys are quoted, so that
+    a message stays one line whatever the config holds."""
+    if _IDENTIFIER.match(key):
+        return f"{where}.{key}" if where else key
+    return f"{where}[{json.dumps(key)}]"
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 def _is_number(value: Any) -> bool:
@@ -219,8 +235,7 @@ class _Parser:
     def warn_unknown(self, obj: Mapping[str, Any], known: Sequence[str], where: str) -> None:
         for key in obj:
             if key not in known:
-                at = f"{where}.{key}" if where else key
-                self.warnings.append(f"{self.source}: {at}: unknown key, ignored")
+                self.warnings.append(f"{self.source}: {_at(where, key)}: unknown key, ignored")
 
     def root(self, data: Any) -> tuple[PortConfig, ...]:
         if isinstance(data, dict):
@@ -269,7 +284,7 @@ class _Parser:
         settings: dict[str, Any] = {}
         probe = serial.Serial()  # never opened: its setters validate values
         for key, value in data.items():
-            at = f"{where}.{key}"
+            at = _at(where, key)
             if key == "match":
                 continue
             if key not in SERIAL_KEYS:
@@ -298,8 +313,8 @@ class _Parser:
                 raise _Invalid(at, f"expected a value, got {_show(value)}")
             try:
                 setattr(probe, key, value)
-            except (ValueError, TypeError) as e:
-                raise _Invalid(at, f"{e} (got {_show(value)})") from None
+            except (ValueError, TypeError, OverflowError) as e:
+                raise _Invalid(at, f"{_one_line(e)} (got {_show(value)})") from None
             settings[key] = getattr(probe, key)
         return SerialConfig(settings=settings, match=match)
 
@@ -310,7 +325,7 @@ class _Parser:
             raise _Invalid(where, "is empty: give at least one of " + ", ".join(MATCH_KEYS))
         result = {}
         for key, value in data.items():
-            at = f"{where}.{key}"
+            at = _at(where, key)
             if key not in MATCH_KEYS:
                 raise _Invalid(at, "unknown match attribute (known: " + ", ".join(MATCH_KEYS) + ")")
             if key in ("vid", "pid") and _is_int(value) and 0 <= value <= 0xFFFF:
@@ -408,7 +423,11 @@ class _Parser:
         path = data["address"]
         if not isinstance(path, str) or not path:
             raise _Invalid(f"{where}.address", f"expected a socket file path, got {_show(path)}")
-        if len(path.encode()) > 107:
+        try:
+            encoded = path.encode()
+        except UnicodeEncodeError:
+            raise _Invalid(f"{where}.address", f"not a valid file name: {_show(path)}") from None
+        if len(encoded) > 107:
             raise _Invalid(f"{where}.address", "socket path longer than 107 bytes")
         return path
 
@@ -432,6 +451,9 @@ class _Parser:
                 with open(value, "rb"):
                     pass
             except OSError as e:
-                raise _Invalid(f"{where}.{key}", f"cannot read {value}: {e.strerror or e}") from None
+                shown = value if value.isprintable() else _show(value)
+                raise _Invalid(f"{where}.{key}", f"cannot read {shown}: {e.strerror or e}") from None
+            except (ValueError, UnicodeError):
+                raise _Invalid(f"{where}.{key}", f"not a valid file name: {_show(value)}") from None
             files[key] = value
         return SslConfig(**files)
