@@ -71,7 +71,8 @@ class PortHub:
     def __init__(self, link: ISerialLink) -> None:
         self.link = link
         self.state = State.CLOSED
-        self.sessions: list[IClientSession] = []
+        # Insertion-ordered, with O(1) membership for the client data path.
+        self.sessions: dict[IClientSession, None] = {}
         # session.deliver of every session, for the hot loop.  A new list on
         # every change, so a client leaving during fan-out breaks nothing.
         self._deliver: list = []
@@ -91,7 +92,7 @@ class PortHub:
 
     def attach(self, session: IClientSession) -> None:
         """A client joined: it reads once the device is open and not busy."""
-        self.sessions.append(session)
+        self.sessions[session] = None
         self._deliver = [s.deliver for s in self.sessions]
         if not self._reading:
             session.pause_reading()
@@ -102,12 +103,14 @@ class PortHub:
         """A client left (however).  The last one out closes the device."""
         if session not in self.sessions:
             return
-        self.sessions.remove(session)
+        del self.sessions[session]
         self._deliver = [s.deliver for s in self.sessions]
         if not self.sessions and self.state is State.OPEN:
             self._close()
 
     def from_client(self, session: IClientSession, data: bytes) -> None:
+        if session not in self.sessions:
+            return  # closed by the hub (device lost), still read while it flushes
         if _log.trace_data:
             log.debug("{session.peer} -> {port}: {data!r}", session=session, port=self.name, data=data)
         if self.state is State.OPEN:
@@ -127,9 +130,9 @@ class PortHub:
 
     def shutdown(self) -> None:
         """Abort every client and close the device now (daemon stopping)."""
-        for session in list(self.sessions):
+        sessions, self.sessions = list(self.sessions), {}
+        for session in sessions:
             session.abort("ser2tcp is stopping")
-        self.sessions.clear()
         self._deliver = []
         if self.state in (State.OPEN, State.CLOSING):
             self._closing_on_purpose = True
@@ -173,7 +176,7 @@ class PortHub:
             d.callback(None)
         self._backlog.clear()
         why = failure.getErrorMessage()
-        sessions, self.sessions = self.sessions, []
+        sessions, self.sessions = list(self.sessions), {}
         self._deliver = []
         log.warn(
             "Serial {port}: cannot open: {why} (refusing {n} client(s))",
@@ -211,9 +214,8 @@ class PortHub:
                 why=why,
                 n=len(self.sessions),
             )
-            sessions, self.sessions = self.sessions, []
+            sessions, self.sessions = list(self.sessions), {}
             self._deliver = []
-            self._backlog.clear()
             for session in sessions:
                 session.close(f"serial port {self.name} lost: {why}")
         waiting, self._waiting_closed = self._waiting_closed, []
@@ -222,6 +224,8 @@ class PortHub:
         if self.sessions:
             self._open()  # clients came while the device was closing
         else:
+            # Nobody is left to want what was sent meanwhile.
+            self._backlog.clear()
             self._reading = False
 
     def _set_device_busy(self, busy: bool) -> None:
@@ -234,7 +238,7 @@ class PortHub:
         if reading == self._reading:
             return
         self._reading = reading
-        for session in self.sessions:
+        for session in list(self.sessions):
             if reading:
                 session.resume_reading()
             else:

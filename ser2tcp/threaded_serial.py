@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any
 
 from twisted.internet import error
@@ -27,6 +28,9 @@ from zope.interface import implementer
 
 #: How long a blocked read waits before it looks at the stop flag again.
 POLL_INTERVAL = 0.05
+
+#: How long closing waits for the writer thread to finish its current write.
+WRITER_GRACE = 1.0
 
 _STOP = object()
 
@@ -133,14 +137,31 @@ class ThreadedSerialTransport:
             self._error = self._error or e
         self._stop.set()
         self._writes.put(_STOP)
-        for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(timeout=1.0)
+        self._drain_until_writer_ends(port)
         try:
             port.close()
         except Exception:
             pass
         call(self._closed)
+
+    def _drain_until_writer_ends(self, port: Any) -> None:
+        """Unblock a writer stuck in a long write (closing, or a device that
+        takes data only as it is read, as ``loop://``): cancel the write where
+        pyserial can, and keep reading (discarding) for a bounded time."""
+        writer = self._threads[1]
+        cancel = getattr(port, "cancel_write", None)
+        if cancel is not None:
+            try:
+                cancel()
+            except Exception:
+                pass
+        deadline = time.monotonic() + WRITER_GRACE
+        while writer.is_alive() and time.monotonic() < deadline:
+            try:
+                port.read(max(port.in_waiting, 1))
+            except Exception:
+                break
+        writer.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _write_loop(self) -> None:
         port = self.serial
