@@ -1,0 +1,76 @@
+"""Smoke test of the benchmark suite (bench/run.py).
+
+It runs the benchmark in its smallest form against ser2tcp only, as a user
+would, and checks that every figure completed and that every byte every
+figure sent arrived intact.  It never asserts a timing: the machine is
+shared and noisy, and speed is what the full run reports, not what a test
+should judge.  It writes its JSON to a temporary directory and no
+bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = REPO / "bench" / "run.py"
+SER2TCP = Path(sys.executable).parent / "ser2tcp"
+
+#: Bytes each quick figure must have verified (see bench/figures.py QUICK).
+QUICK_VERIFIED = {
+    "throughput_down": 1024 * 1024,
+    "throughput_up": 1024 * 1024,
+    "fanout_1": 256 * 1024,
+    "fanout_10": 10 * 256 * 1024,
+    "slow_client": 2_000_000,
+}
+
+
+class BenchSmokeTests(SynchronousTestCase):
+    def test_quick_run_against_ser2tcp(self) -> None:
+        """``run.py --quick --profiles ser2tcp`` completes; every figure is
+        "ok" (a byte mismatch would make it "failed"), with every byte
+        verified."""
+        if not os.access(SER2TCP, os.X_OK):
+            raise SkipTest(f"no ser2tcp console script at {SER2TCP}")
+        out = Path(self.mktemp())
+        report = REPO / "bench" / "RESULTS.md"
+        report_before = report.stat().st_mtime_ns if report.exists() else None
+        argv = [sys.executable, str(RUN), "--quick", "--profiles", "ser2tcp", "--no-markdown"]
+        proc = subprocess.run(
+            [*argv, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        files = list(out.glob("*.json"))
+        self.assertEqual(len(files), 1, proc.stdout)
+        results = json.loads(files[0].read_text())
+
+        self.assertEqual(results["profiles"], ["ser2tcp"])
+        for name, baseline in results["baselines"].items():
+            self.assertEqual(baseline["status"], "ok", f"baseline {name}: {baseline}")
+        figures = results["figures"]
+        self.assertEqual(
+            set(figures),
+            {"throughput_down", "throughput_up", "fanout_1", "fanout_10"}
+            | {"latency", "slow_client", "churn", "memory"},
+        )
+        for key, per_profile in figures.items():
+            entry = per_profile["ser2tcp"]
+            self.assertEqual(entry["status"], "ok", f"{key}: {entry}")
+        for key, expected in QUICK_VERIFIED.items():
+            self.assertEqual(figures[key]["ser2tcp"]["verified_bytes"], expected, key)
+        self.assertTrue(figures["slow_client"]["ser2tcp"]["fast_got_every_byte"])
+        self.assertEqual(figures["latency"]["ser2tcp"]["round_trips"], 200)
+        self.assertEqual(figures["churn"]["ser2tcp"]["cycles"], 200)
+        report_after = report.stat().st_mtime_ns if report.exists() else None
+        self.assertEqual(report_before, report_after, "bench/RESULTS.md must not be written")
