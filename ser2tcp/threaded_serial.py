@@ -31,6 +31,8 @@ POLL_INTERVAL = 0.05
 
 #: How long closing waits for the writer thread to finish its current write.
 WRITER_GRACE = 1.0
+#: Largest single write handed to pyserial.
+WRITE_SLICE = 4096
 
 _STOP = object()
 
@@ -171,7 +173,11 @@ class ThreadedSerialTransport:
             if data is _STOP or self._stop.is_set():
                 break
             try:
-                port.write(data)
+                # In slices, so that closing never waits for a long write.
+                for start in range(0, len(data), WRITE_SLICE):
+                    if self._stop.is_set():
+                        break
+                    port.write(data[start : start + WRITE_SLICE])
                 port.flush()
             except BaseException as e:
                 self._error = self._error or e
