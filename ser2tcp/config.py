@@ -71,7 +71,14 @@ MATCH_KEYS = (
     "hwid",
 )
 
+#: Initial modem-line states, applied as the port opens (pyserial asserts
+#: both by default, which resets many boards).
+LINE_KEYS = ("dtr", "rts")
+
+RFC2217_POLICIES = ("apply", "ignore", "reject")
+
 SERVER_KEYS = (
+    "rfc2217",
     "protocol",
     "address",
     "port",
@@ -111,6 +118,9 @@ class ServerConfig:
     ssl: SslConfig | None = None
     mode: int | None = None
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    #: RFC 2217 on a TELNET server: None (off) or what to do with a client's
+    #: settings: "apply", "ignore" (acknowledge, keep ours) or "reject".
+    rfc2217: str | None = None
     #: Where this server stands in the config, for messages.
     where: str = ""
 
@@ -135,6 +145,8 @@ class SerialConfig:
 
     settings: Mapping[str, Any] = field(default_factory=dict)
     match: Mapping[str, str] | None = None
+    #: Initial DTR/RTS states ("dtr": false), set before the port opens.
+    lines: Mapping[str, bool] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -282,10 +294,16 @@ class _Parser:
         elif "port" not in data:
             raise _Invalid(where, 'needs "port" or "match"')
         settings: dict[str, Any] = {}
+        lines: dict[str, bool] = {}
         probe = serial.Serial()  # never opened: its setters validate values
         for key, value in data.items():
             at = _at(where, key)
             if key == "match":
+                continue
+            if key in LINE_KEYS:
+                if not isinstance(value, bool):
+                    raise _Invalid(at, f"expected true or false, got {_show(value)}")
+                lines[key] = value
                 continue
             if key not in SERIAL_KEYS:
                 raise _Invalid(at, "unknown serial setting (known: " + ", ".join(SERIAL_KEYS) + ")")
@@ -316,7 +334,7 @@ class _Parser:
             except (ValueError, TypeError, OverflowError) as e:
                 raise _Invalid(at, f"{_one_line(e)} (got {_show(value)})") from None
             settings[key] = getattr(probe, key)
-        return SerialConfig(settings=settings, match=match)
+        return SerialConfig(settings=settings, match=match, lines=lines)
 
     def match(self, data: Any, where: str) -> dict[str, str]:
         if not isinstance(data, dict):
@@ -403,6 +421,9 @@ class _Parser:
         if protocol == "ssl":
             kw["ssl"] = self.ssl(data.get("ssl"), f"{where}.ssl")
 
+        if data.get("rfc2217") not in (None, False):
+            kw["rfc2217"] = self.rfc2217(data["rfc2217"], protocol, f"{where}.rfc2217")
+
         if data.get("mode") is not None:
             mode = data["mode"]
             try:
@@ -416,6 +437,22 @@ class _Parser:
                     f"{where}.mode", f'expected an octal string such as "0660", got {_show(mode)}'
                 ) from None
         return ServerConfig(**kw)
+
+    def rfc2217(self, data: Any, protocol: str, where: str) -> str:
+        if protocol != "telnet":
+            raise _Invalid(where, f'RFC 2217 needs "protocol": "telnet", not {_show(protocol)}')
+        if data is True:
+            return "apply"
+        if not isinstance(data, dict):
+            raise _Invalid(where, f'expected true or {{"settings": "apply"}}, got {_show(data)}')
+        self.warn_unknown(data, ("settings",), where)
+        policy = data.get("settings", "apply")
+        if policy not in RFC2217_POLICIES:
+            raise _Invalid(
+                f"{where}.settings",
+                "expected one of " + ", ".join(RFC2217_POLICIES) + f", got {_show(policy)}",
+            )
+        return str(policy)
 
     def socket_path(self, data: Mapping[str, Any], where: str) -> str:
         if "address" not in data:

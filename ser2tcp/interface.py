@@ -58,3 +58,25 @@ class ISerialLink(Interface):
 
     def closed() -> None:
         """Told by the hub once the device is closed, however that happened."""
+
+
+class ISerialControl(Interface):
+    """Line settings and modem lines of an open device (RFC 2217).
+
+    Every method returns what is in effect; none raises because the device
+    refused (a pseudo-terminal has no modem lines)."""
+
+    def settings() -> dict:
+        """baudrate, bytesize, parity, stopbits, xonxoff, rtscts."""
+
+    def apply(key: str, value: object) -> object:
+        """Change one setting; return the value in effect afterwards."""
+
+    def set_line(name: str, on: bool) -> bool:
+        """Set dtr, rts or break_condition."""
+
+    def modem_lines() -> dict:
+        """cts, dsr, ri, cd as booleans."""
+
+    def purge(receive: bool, transmit: bool) -> None:
+        """Discard device input and/or output not yet transferred."""

@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from .config import SerialConfig
 from .interface import ISerialLink
+from .serial_control import SerialControl
 from .threaded_serial import ThreadedSerialTransport
 from .usb import Comports, find_device
 
@@ -42,12 +43,17 @@ _BLOCKING_ONLY = ("timeout", "write_timeout", "inter_byte_timeout")
 class FdSerialPort(SerialPort):
     """Twisted's SerialPort, opened with every configured pyserial setting."""
 
-    def __init__(self, protocol: Protocol, settings: Mapping[str, Any], reactor: Any) -> None:
-        self._settings = {k: v for k, v in settings.items() if k not in _BLOCKING_ONLY}
+    def __init__(
+        self, protocol: Protocol, settings: Mapping[str, Any], lines: Mapping[str, bool], reactor: Any
+    ) -> None:
+        self._settings = {k: v for k, v in settings.items() if k not in _BLOCKING_ONLY and k != "port"}
+        self._lines = lines
         super().__init__(protocol, settings["port"], reactor)
+        self.control = SerialControl(self._serial, settings["port"])
 
     def _serialFactory(self, port: str, **ignored: Any) -> serial.Serial:  # type: ignore[override]
-        return serial.Serial(timeout=0, **self._settings)
+        device = serial.Serial(timeout=0, **self._settings)  # no port yet: not opened
+        return _open_with_lines(device, port, self._lines)
 
     def abortConnection(self) -> None:
         """Close now, discarding pending writes (shutdown, stuck device)."""
@@ -85,10 +91,11 @@ class SerialLink:
                     self._reactor.getThreadPool(),  # type: ignore[attr-defined]
                     _open_pyserial,
                     settings,
+                    self.config.lines,
                 )
                 d.addCallback(self._attach_threaded, protocol)
                 return d
-            self.transport = FdSerialPort(protocol, settings, self._reactor)
+            self.transport = FdSerialPort(protocol, settings, self.config.lines, self._reactor)
         except Exception as e:
             return defer.fail(_OpenError(_describe(e)))
         return defer.succeed(self.transport)
@@ -123,10 +130,22 @@ class _OpenError(Exception):
     pass
 
 
-def _open_pyserial(settings: Mapping[str, Any]) -> serial.SerialBase:
+def _open_with_lines(device: serial.SerialBase, port: str, lines: Mapping[str, bool]) -> serial.SerialBase:
+    """Open ``device`` on ``port`` with DTR/RTS as configured from the start
+    (set on a closed pyserial object, they are applied by ``open()``)."""
+    for name, on in lines.items():
+        setattr(device, name, on)
+    device.port = port
+    device.open()
+    return device
+
+
+def _open_pyserial(settings: Mapping[str, Any], lines: Mapping[str, bool]) -> serial.SerialBase:
     try:
         settings = dict(settings)
-        return serial.serial_for_url(settings.pop("port"), **settings)
+        url = settings.pop("port")
+        device = serial.serial_for_url(url, do_not_open=True, **settings)
+        return _open_with_lines(device, url, lines)
     except Exception as e:
         raise _OpenError(_describe(e)) from None
 

@@ -26,6 +26,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .serial_control import SerialControl
+
 #: How long a blocked read waits before it looks at the stop flag again.
 POLL_INTERVAL = 0.05
 
@@ -46,6 +48,7 @@ class ThreadedSerialTransport:
         self.serial = port  # an open pyserial object
         self._reactor = reactor
         self.serial.timeout = POLL_INTERVAL
+        self.control = SerialControl(port, str(port.port))
         self._pending = 0  # bytes handed to the writer and not yet written
         self._writes: queue.Queue[Any] = queue.Queue()
         self._stop = threading.Event()
