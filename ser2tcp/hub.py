@@ -16,18 +16,23 @@ and the device is an :class:`ISerialLink`, so it is tested with fakes.
 from __future__ import annotations
 
 import enum
+from typing import Callable
 
-from twisted.internet import defer, error
-from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet import defer, error, task
+from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import _log
 from .fastpath import immediate_writer
-from .interface import IClientSession, ISerialLink
+from .interface import IClientSession, ISerialControl, ISerialLink
 
 log = _log.logger("hub")
+
+#: Seconds between two looks at the modem lines, while an RFC 2217 client
+#: wants to hear about them.
+MODEM_POLL_INTERVAL = 0.5
 
 
 class State(enum.Enum):
@@ -68,8 +73,11 @@ class _DeviceProtocol(Protocol):
 
 
 class PortHub:
-    def __init__(self, link: ISerialLink) -> None:
+    def __init__(self, link: ISerialLink, clock: IReactorTime | None = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.link = link
+        self.clock = clock
         self.state = State.CLOSED
         # Insertion-ordered, with O(1) membership for the client data path.
         self.sessions: dict[IClientSession, None] = {}
@@ -83,6 +91,9 @@ class PortHub:
         self._closing_on_purpose = False
         self._backlog: list[bytes] = []
         self._waiting_closed: list[defer.Deferred[None]] = []
+        self._modem_watchers: list[Callable[[dict[str, bool]], None]] = []
+        self._modem_poll: task.LoopingCall | None = None
+        self._modem_last: dict[str, bool] | None = None
 
     @property
     def name(self) -> str:
@@ -133,10 +144,50 @@ class PortHub:
         sessions, self.sessions = list(self.sessions), {}
         for session in sessions:
             session.abort("ser2tcp is stopping")
+        self._modem_watchers.clear()
+        if self._modem_poll is not None:
+            self._modem_poll.stop()
+            self._modem_poll = None
         self._deliver = []
         if self.state in (State.OPEN, State.CLOSING):
             self._closing_on_purpose = True
             self.link.close(abort=True)
+
+    @property
+    def control(self) -> ISerialControl | None:
+        """The open device's settings and lines (RFC 2217), None when closed."""
+        if self.state is State.OPEN and self._device is not None:
+            return getattr(self._device, "control", None)
+        return None
+
+    def watch_modem(self, callback: Callable[[dict[str, bool]], None]) -> None:
+        """Call ``callback(lines)`` whenever CTS/DSR/RI/CD change.
+
+        Nothing notifies a change, so the lines are polled, but only while
+        someone watches."""
+        self._modem_watchers.append(callback)
+        if self._modem_poll is None:
+            self._modem_last = None
+            self._modem_poll = task.LoopingCall(self._poll_modem)
+            self._modem_poll.clock = self.clock
+            self._modem_poll.start(MODEM_POLL_INTERVAL, now=False)
+
+    def unwatch_modem(self, callback: Callable[[dict[str, bool]], None]) -> None:
+        if callback in self._modem_watchers:
+            self._modem_watchers.remove(callback)
+        if not self._modem_watchers and self._modem_poll is not None:
+            self._modem_poll.stop()
+            self._modem_poll = None
+
+    def _poll_modem(self) -> None:
+        control = self.control
+        if control is None:
+            return
+        lines = control.modem_lines()
+        if lines != self._modem_last:
+            self._modem_last = lines
+            for callback in list(self._modem_watchers):
+                callback(lines)
 
     def wait_closed(self) -> defer.Deferred[None]:
         """A Deferred that fires once the device is closed (now, if it is)."""

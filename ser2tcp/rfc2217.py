@@ -113,7 +113,10 @@ class ComPortServer:
             if requested != current:
                 log.info(
                     "{peer}: {port}: {key} {value!r} requested, ignored (policy)",
-                    peer=self.peer, port=self.port_name, key=key, value=requested,
+                    peer=self.peer,
+                    port=self.port_name,
+                    key=key,
+                    value=requested,
                 )
             self._pretend[key] = requested
             return requested
@@ -121,14 +124,20 @@ class ComPortServer:
             if requested != current:
                 log.info(
                     "{peer}: {port}: {key} {value!r} requested, rejected (policy)",
-                    peer=self.peer, port=self.port_name, key=key, value=requested,
+                    peer=self.peer,
+                    port=self.port_name,
+                    key=key,
+                    value=requested,
                 )
             return current
         effective = control.apply(key, requested)
-        if requested != current:
+        if requested != current and effective == requested:
             log.info(
                 "{peer} set {key} of {port} to {value!r}",
-                peer=self.peer, key=key, port=self.port_name, value=effective,
+                peer=self.peer,
+                key=key,
+                port=self.port_name,
+                value=effective,
             )
         return effective
 
@@ -187,7 +196,10 @@ class ComPortServer:
         if on != current:
             log.info(
                 "{peer} set {name} of {port} {state}",
-                peer=self.peer, name=name, port=self.port_name, state="on" if on else "off",
+                peer=self.peer,
+                name=name,
+                port=self.port_name,
+                state="on" if on else "off",
             )
         return control.set_line(name, on)
 

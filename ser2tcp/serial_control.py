@@ -50,7 +50,10 @@ class SerialControl:
         except Exception as e:
             log.warn(
                 "Serial {port}: cannot set {key} to {value!r}: {why}",
-                port=self._name, key=key, value=value, why=e,
+                port=self._name,
+                key=key,
+                value=value,
+                why=e,
             )
             try:
                 setattr(port, key, old)

@@ -62,7 +62,7 @@ class PortService(MultiService):
         self.config = port
         self.reactor = reactor
         self.link = SerialLink(port.serial, reactor)
-        self.hub = PortHub(self.link)
+        self.hub = PortHub(self.link, reactor)
         for server in port.servers:
             build = FACTORIES.get(server.protocol)
             if build is None:

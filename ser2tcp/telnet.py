@@ -22,6 +22,7 @@ from . import _log
 from .config import ServerConfig
 from .hub import PortHub
 from .protocols import ClientFactory, RawClient
+from .rfc2217 import COM_PORT_OPTION, ComPortServer
 from .telnet_codec import TelnetDecoder, escape
 
 log = _log.logger("telnet")
@@ -44,10 +45,15 @@ def _escape_shared(data: bytes) -> bytes:
 
 
 class TelnetClient(RawClient, telnet.Telnet):
+    com_port: ComPortServer | None = None
+
     def __init__(self, hub: PortHub, server: ServerConfig, clock: IReactorTime) -> None:
         RawClient.__init__(self, hub, server, clock)
         telnet.Telnet.__init__(self)
         self.decoder = TelnetDecoder()
+        options = (COM_PORT_OPTION,) if server.rfc2217 else ()
+        self.local_options = LOCAL_OPTIONS.union(options)
+        self.remote_options = REMOTE_OPTIONS.union(options)
 
     def ready(self) -> None:
         self.deliver = self._deliver_escaped  # type: ignore[method-assign]
@@ -75,22 +81,56 @@ class TelnetClient(RawClient, telnet.Telnet):
             elif event[0] == "verb":
                 self.commandReceived(bytes((event[1],)), bytes((event[2],)))
             elif event[0] == "sb":
-                if event[1]:
-                    self.negotiate([bytes((b,)) for b in event[1]])
+                payload = event[1]
+                if payload[:1] == COM_PORT_OPTION and self.com_port is not None:
+                    self.com_port.handle(payload[1:])
             elif _log.trace_data:
                 log.debug("{peer}: TELNET command 0x{cmd:02x} ignored", peer=self.peer, cmd=event[1])
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.com_port is not None:
+            self.hub.unwatch_modem(self.com_port.modem_changed)
         telnet.Telnet.connectionLost(self, reason)
         RawClient.connectionLost(self, reason)
 
     # option policy (RFC 1143 is Twisted's)
 
     def enableLocal(self, option: bytes) -> bool:
-        return option in LOCAL_OPTIONS
+        if option == COM_PORT_OPTION and option in self.local_options:
+            self._start_com_port()
+        return option in self.local_options
 
     def enableRemote(self, option: bytes) -> bool:
-        return option in REMOTE_OPTIONS
+        if option == COM_PORT_OPTION and option in self.remote_options:
+            self._start_com_port()
+        return option in self.remote_options
+
+    def _start_com_port(self) -> None:
+        """The client agreed to RFC 2217: answer its commands from now on,
+        and tell it the modem lines at once (pyserial's cts/dsr raise until
+        it has heard them once), then whenever they change."""
+        if self.com_port is not None:
+            return
+        assert self.server.rfc2217 is not None
+        self.com_port = ComPortServer(
+            self.server.rfc2217,
+            control=lambda: self.hub.control,
+            send=lambda payload: self.requestNegotiation(payload[:1], payload[1:]),
+            peer=self.peer,
+            port_name=self.hub.name,
+            suspend=self._suspend,
+        )
+        control = self.hub.control
+        self.com_port.modem_changed(control.modem_lines() if control is not None else {}, force=True)
+        self.hub.watch_modem(self.com_port.modem_changed)
+
+    def _suspend(self, on: bool) -> None:
+        # FLOWCONTROL-SUSPEND/RESUME: hold device data for this client only.
+        if self.outbox is not None:
+            if on:
+                self.outbox.pauseProducing()
+            else:
+                self.outbox.resumeProducing()
 
     def disableLocal(self, option: bytes) -> None:
         pass
