@@ -272,6 +272,7 @@ SECTIONS: list[tuple[str, str, list[Row]]] = [
             Row("CPU s/MiB, device → 1 client", "throughput_down", "cpu_s_per_mib"),
             Row("CPU s/MiB, client → device", "throughput_up", "cpu_s_per_mib"),
             Row("CPU s/MiB, fan-out 100 clients", "fanout_100", "cpu_s_per_mib"),
+            Row("CPU s/MiB, fan-out 500 clients", "fanout_500", "cpu_s_per_mib"),
             Row("idle RSS (MiB)", "memory", "idle_rss_kib", scale=KiB),
             Row("RSS with 100 idle clients (MiB)", "memory", "clients_rss_kib", scale=KiB),
             Row("per idle client (KiB)", "memory", "per_client_kib"),

@@ -167,11 +167,12 @@ def run_figure(
     if fig.multi_client and not profile.multi_client:
         return {"status": "skipped", "reason": "serves one client only"}
     timeout = fig.timeout(sizes) * scale
-    pty = Pty()
-    proxy = ProxyProcess(profile, pty.path, free_port(), tmp, fig.options)
     started = time.monotonic()
     result: dict[str, object]
+    pty = Pty()
+    proxy: ProxyProcess | None = None
     try:
+        proxy = ProxyProcess(profile, pty.path, free_port(), tmp, fig.options)
         with proxy, HwmWatch(proxy.pid) as watch:
             env = Env(pty, proxy, sizes, time.monotonic() + timeout, random.Random(seed))
             try:
@@ -184,7 +185,8 @@ def run_figure(
     except VerifyError as e:
         result = {"status": "failed", "error": str(e)}
     except Exception as e:
-        result = {"status": "error", "error": f"{type(e).__name__}: {e}", "log": proxy.log_tail()}
+        log = proxy.log_tail() if proxy is not None else ""
+        result = {"status": "error", "error": f"{type(e).__name__}: {e}", "log": log}
     finally:
         pty.close()
     result["wall_s"] = round(time.monotonic() - started, 3)

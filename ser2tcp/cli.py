@@ -20,8 +20,7 @@ from twisted.logger import (
 )
 
 from . import __version__, _log
-from .config import ConfigError, load_config
-from .listeners import StartupError
+from .config import Config, ConfigError, StartupError, load_config
 from .usb import describe_usb_devices
 
 
@@ -65,6 +64,11 @@ def stderr_observer(stream: TextIO) -> Any:
     return FilteringLogObserver(observe, [predicate])
 
 
+def _may_need_tls(config: Config) -> bool:
+    """TLS servers, or endpoint strings (which may say ``ssl:``)."""
+    return any(s.protocol == "ssl" or s.endpoint is not None for p in config.ports for s in p.servers)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.usb:
@@ -77,6 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     _log.set_verbosity(args.verbose)
     globalLogBeginner.beginLoggingTo([stderr_observer(sys.stderr)], redirectStandardIO=False)
+    if not _may_need_tls(config):
+        # Twisted's TCP module loads pyOpenSSL and cryptography (about 13 MiB
+        # of memory) whenever they are installed; without TLS nothing uses them.
+        sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
 
     from twisted.internet import reactor
 

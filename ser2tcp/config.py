@@ -98,6 +98,11 @@ class ConfigError(Exception):
     """A config problem, already phrased as the one line a user sees."""
 
 
+class StartupError(Exception):
+    """The daemon cannot start (a listener cannot be bound); the text is the
+    one line the user sees."""
+
+
 @dataclass(frozen=True)
 class SslConfig:
     certfile: str

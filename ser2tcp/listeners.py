@@ -24,17 +24,13 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from twisted.python.failure import Failure
 
 from . import _log
-from .config import ConfigError, ServerConfig
+from .config import ConfigError, ServerConfig, StartupError
 
 log = _log.logger("listener")
 
 #: Pending connections the kernel may hold: bursts of clients must not wait
 #: for SYN retransmissions (the original ser2tcp used 1).
 BACKLOG = 1024
-
-
-class StartupError(Exception):
-    """The daemon cannot start; the text is the one line the user sees."""
 
 
 def resolve_address(address: str, where: str) -> str:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.internet.address import UNIXAddress
-from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -125,61 +124,6 @@ class RawClient(Protocol):
         log.info("Client dropped: {peer}: {why}", peer=self.peer, why=why)
 
 
-@implementer(IHandshakeListener)
-class TlsClient(RawClient):
-    """A raw client behind TLS: it joins the port only after its handshake.
-
-    Until then it cannot open the device nor receive data; a handshake that
-    does not complete within ``handshake_timeout`` is aborted, so an idle
-    connection to the TLS port costs nothing but a socket for a while."""
-
-    _handshake_timer: IDelayedCall | None = None
-
-    def ready(self) -> None:
-        self._handshake_timer = self.clock.callLater(self.server.handshake_timeout, self._handshake_expired)
-
-    def handshakeCompleted(self) -> None:
-        self._cancel_handshake_timer()
-        if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
-            return
-        log.info("Client {peer}: TLS handshake completed", peer=self.peer)
-        self.join()
-
-    def _handshake_expired(self) -> None:
-        self._handshake_timer = None
-        log.info(
-            "Client rejected: {peer} (TLS handshake not completed within {t:g} s)",
-            peer=self.peer,
-            t=self.server.handshake_timeout,
-        )
-        self.transport.abortConnection()  # type: ignore[union-attr]
-
-    def _cancel_handshake_timer(self) -> None:
-        if self._handshake_timer is not None:
-            if self._handshake_timer.active():
-                self._handshake_timer.cancel()
-            self._handshake_timer = None
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        pending = self._handshake_timer is not None
-        self._cancel_handshake_timer()
-        if pending and reason is not None and reason.check(SSL.Error):
-            log.info(
-                "Client rejected: {peer} (TLS handshake failed: {why})",
-                peer=self.peer,
-                why=_ssl_reason(reason.value),
-            )
-        super().connectionLost(reason)
-
-
-def _ssl_reason(e: BaseException) -> str:
-    """OpenSSL's reason strings, e.g. 'peer did not return a certificate'."""
-    try:
-        return "; ".join(str(err[2]) for err in e.args[0]) or str(e)
-    except (IndexError, TypeError, KeyError):
-        return str(e)
-
-
 class ClientFactory(Factory):
     """Builds the protocol of one server for each accepted connection."""
 
@@ -193,7 +137,3 @@ class ClientFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> RawClient:
         return self.protocol_class(self.hub, self.server, self.clock)
-
-
-class TlsFactory(ClientFactory):
-    protocol_class = TlsClient

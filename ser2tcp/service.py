@@ -18,10 +18,8 @@ from . import _log
 from .config import Config, ConfigError, PortConfig, ServerConfig
 from .hub import PortHub
 from .listeners import ListenerService, StartupError, make_endpoint
-from .protocols import ClientFactory, TlsFactory
+from .protocols import ClientFactory
 from .serial_link import SerialLink
-from .telnet import TelnetFactory
-from .tls import certificate_options, wrap_tls
 
 log = _log.logger("service")
 
@@ -36,10 +34,15 @@ def _raw_factory(hub: PortHub, server: ServerConfig, reactor: Any) -> IProtocolF
 
 
 def _telnet_factory(hub: PortHub, server: ServerConfig, reactor: Any) -> IProtocolFactory:
+    from .telnet import TelnetFactory
+
     return TelnetFactory(hub, server, reactor)
 
 
 def _tls_factory(hub: PortHub, server: ServerConfig, reactor: Any) -> IProtocolFactory:
+    # pyOpenSSL and cryptography weigh a dozen MiB: loaded only when used.
+    from .tls import TlsFactory, certificate_options, wrap_tls
+
     assert server.ssl is not None
     options = certificate_options(server.ssl, f"{server.where}.ssl")
     return wrap_tls(TlsFactory(hub, server, reactor), options, reactor)

@@ -13,8 +13,7 @@ from typing import Any
 from twisted.python import usage
 
 from . import __version__, _log
-from .config import Config, ConfigError, load_config
-from .listeners import StartupError
+from .config import Config, ConfigError, StartupError, load_config
 from .service import build_service, install_startup_error_hook
 from .usb import describe_usb_devices
 
