@@ -61,6 +61,10 @@ class RawClient(Protocol):
             transport, self.clock, self.server.send_timeout, self.server.buffer_limit, self._dropped
         )
         transport.registerProducer(self.outbox, True)  # type: ignore[attr-defined]
+        # Device data is small and latency-bound (a console echo): no Nagle.
+        set_no_delay = getattr(transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         # The hot path: device data goes straight to the outbox.
         self.deliver = self.outbox.send  # type: ignore[method-assign]
         log.info("Client connected: {peer} to {port}", peer=self.peer, port=self.hub.name)
