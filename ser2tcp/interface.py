@@ -66,6 +66,10 @@ class ISerialControl(Interface):
     Every method returns what is in effect; none raises because the device
     refused (a pseudo-terminal has no modem lines)."""
 
+    dtr = Attribute("bool: DTR as last set")
+    rts = Attribute("bool: RTS as last set")
+    break_condition = Attribute("bool: BREAK as last set")
+
     def settings() -> dict:
         """baudrate, bytesize, parity, stopbits, xonxoff, rtscts."""
 

@@ -47,6 +47,7 @@ class Outbox:
         self.paused = False
         self.closed = False
         self._finishing = False
+        self._held = False
         self._timer: IDelayedCall | None = None
 
     def send(self, data: bytes) -> None:
@@ -86,6 +87,19 @@ class Outbox:
         self._on_drop(why)
         self._transport.abortConnection()  # type: ignore[attr-defined]
 
+    def hold(self, on: bool) -> None:
+        """Queue instead of sending, because the client asked to (RFC 2217
+        FLOWCONTROL-SUSPEND): ``buffer_limit`` still applies, ``send_timeout``
+        does not, since the client is not stuck."""
+        if self.closed:
+            return
+        self._held = on
+        if on:
+            self.pauseProducing()
+            self._cancel_timer()
+        else:
+            self.resumeProducing()
+
     # IPushProducer, called by the transport
 
     def pauseProducing(self) -> None:
@@ -97,6 +111,9 @@ class Outbox:
 
     def resumeProducing(self) -> None:
         if self.closed:
+            return
+        if self._held:  # drained, but the client asked us to hold on
+            self._cancel_timer()
             return
         self.paused = False
         if not self._finishing:

@@ -260,5 +260,5 @@ class ComPortServer:
                     deltas |= DELTA_BITS[name]
         self._last_modem = state
         value = (state | deltas) & self.modemstate_mask
-        if force or (deltas & self.modemstate_mask):
+        if force or (deltas and value):
             self._reply(NOTIFY_MODEMSTATE, bytes((value,)))

@@ -46,6 +46,7 @@ def _escape_shared(data: bytes) -> bytes:
 
 class TelnetClient(RawClient, telnet.Telnet):
     com_port: ComPortServer | None = None
+    _notify_modem = False
 
     def __init__(self, hub: PortHub, server: ServerConfig, clock: IReactorTime) -> None:
         RawClient.__init__(self, hub, server, clock)
@@ -80,6 +81,13 @@ class TelnetClient(RawClient, telnet.Telnet):
                 self.hub.from_client(self, event)
             elif event[0] == "verb":
                 self.commandReceived(bytes((event[1],)), bytes((event[2],)))
+                if self._notify_modem:
+                    # Now that our DO/WILL 44 is on the wire (Twisted writes
+                    # it after enableLocal/enableRemote returned).
+                    self._notify_modem = False
+                    control = self.hub.control
+                    if self.com_port is not None:
+                        self.com_port.modem_changed(control.modem_lines() if control else {}, force=True)
             elif event[0] == "sb":
                 payload = event[1]
                 if payload[:1] == COM_PORT_OPTION and self.com_port is not None:
@@ -120,23 +128,28 @@ class TelnetClient(RawClient, telnet.Telnet):
             port_name=self.hub.name,
             suspend=self._suspend,
         )
-        control = self.hub.control
-        self.com_port.modem_changed(control.modem_lines() if control is not None else {}, force=True)
+        self._notify_modem = True
         self.hub.watch_modem(self.com_port.modem_changed)
 
     def _suspend(self, on: bool) -> None:
         # FLOWCONTROL-SUSPEND/RESUME: hold device data for this client only.
         if self.outbox is not None:
-            if on:
-                self.outbox.pauseProducing()
-            else:
-                self.outbox.resumeProducing()
+            self.outbox.hold(on)
 
     def disableLocal(self, option: bytes) -> None:
-        pass
+        if option == COM_PORT_OPTION:
+            self._stop_com_port()
 
     def disableRemote(self, option: bytes) -> None:
-        pass
+        if option == COM_PORT_OPTION:
+            self._stop_com_port()
+
+    def _stop_com_port(self) -> None:
+        """The client turned RFC 2217 off: stop answering and watching."""
+        if self.com_port is not None:
+            self.hub.unwatch_modem(self.com_port.modem_changed)
+            self.com_port = None
+            self._notify_modem = False
 
     def refuse(self, why: str) -> None:
         # People read TELNET: tell them why, in one line.
