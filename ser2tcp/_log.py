@@ -26,6 +26,9 @@ observer = FilteringLogObserver(globalLogPublisher, [_predicate])
 #: Whether data of both directions is logged (``-vv``).  Checked before an
 #: event is built, because building one per chunk costs even when filtered.
 trace_data = False
+#: Whether INFO events pass (``-v``): checked on paths that run for every
+#: connection, for the same reason.
+info = False
 
 LEVELS = {0: LogLevel.warn, 1: LogLevel.info}
 
@@ -37,7 +40,8 @@ def logger(name: str) -> Logger:
 
 def set_verbosity(verbose: int) -> None:
     """0: WARNING, 1: INFO, 2 or more: DEBUG with the data of both directions."""
-    global trace_data
+    global trace_data, info
     level = LEVELS.get(verbose, LogLevel.debug)
     _predicate.setLogLevelForNamespace(NAMESPACE, level)
     trace_data = level is LogLevel.debug
+    info = level is not LogLevel.warn

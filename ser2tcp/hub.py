@@ -79,8 +79,9 @@ class PortHub:
         self.link = link
         self.clock = clock
         self.state = State.CLOSED
-        # Insertion-ordered, with O(1) membership for the client data path.
-        self.sessions: dict[IClientSession, None] = {}
+        # session -> its deliver method; insertion-ordered, with O(1)
+        # membership for the client data path.
+        self.sessions: dict[IClientSession, Callable[[bytes], None]] = {}
         # session.deliver of every session, for the hot loop.  A new list on
         # every change, so a client leaving during fan-out breaks nothing.
         self._deliver: list = []
@@ -103,8 +104,8 @@ class PortHub:
 
     def attach(self, session: IClientSession) -> None:
         """A client joined: it reads once the device is open and not busy."""
-        self.sessions[session] = None
-        self._deliver = [s.deliver for s in self.sessions]
+        self.sessions[session] = session.deliver
+        self._deliver = list(self.sessions.values())
         if not self._reading:
             session.pause_reading()
         if self.state is State.CLOSED:
@@ -115,7 +116,7 @@ class PortHub:
         if session not in self.sessions:
             return
         del self.sessions[session]
-        self._deliver = [s.deliver for s in self.sessions]
+        self._deliver = list(self.sessions.values())
         if not self.sessions and self.state is State.OPEN:
             self._close()
 

@@ -67,7 +67,8 @@ class RawClient(Protocol):
             set_no_delay(True)
         # The hot path: device data goes straight to the outbox.
         self.deliver = self.outbox.send  # type: ignore[method-assign]
-        log.info("Client connected: {peer} to {port}", peer=self.peer, port=self.hub.name)
+        if _log.info:
+            log.info("Client connected: {peer} to {port}", peer=self.peer, port=self.hub.name)
         self.ready()
 
     def ready(self) -> None:
@@ -95,7 +96,8 @@ class RawClient(Protocol):
             self.outbox.stopProducing()
         if self.joined:
             self.hub.detach(self)
-        log.info("Client disconnected: {peer}", peer=self.peer)
+        if _log.info:
+            log.info("Client disconnected: {peer}", peer=self.peer)
 
     # IClientSession
 
