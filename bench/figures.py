@@ -631,11 +631,18 @@ def slow_client(env: Env, seconds: float, send_timeout: float | None) -> dict[st
 # 5: churn
 
 
-def churn(env: Env, cycles: int) -> dict[str, object]:
+def churn(env: Env, cycles: int, anchor: bool = True) -> dict[str, object]:
     """Plain connect/close cycles, one after another.  The rate counts until
     the proxy's fd count is back to its idle value (it has accepted and
-    closed every one), so a kernel backlog cannot flatter it."""
+    closed every one), so a kernel backlog cannot flatter it.
+
+    With ``anchor``, one client stays connected throughout, so the device
+    stays open: the case of a port scanner or a monitor hitting a port that
+    is in use.  Without it, a proxy that opens the device for its first
+    client (ser2tcp, ser2net) opens and closes the device every cycle, and
+    the figure measures the device's open/close instead."""
     pid = env.proxy.pid
+    anchor_sock = socket.create_connection(("127.0.0.1", env.proxy.port), timeout=5) if anchor else None
     time.sleep(0.3)
     fds0 = fd_count(pid)
     if fds0 is None:
@@ -665,13 +672,17 @@ def churn(env: Env, cycles: int) -> dict[str, object]:
                 break
             check(env.deadline, "waiting for the proxy to close churned connections")
             time.sleep(0.001)
+        time.sleep(0.5)
+        fds1 = fd_count(pid)  # with the anchor still there, as fds0
     except FigureTimeout as e:
         elapsed = time.monotonic() - t0
         e.partial = {"cycles_done": done, "partial_per_s": done / elapsed, "fds_before": fds0}
         raise
-    time.sleep(0.5)
-    fds1 = fd_count(pid)
+    finally:
+        if anchor_sock is not None:
+            anchor_sock.close()
     return {
+        "anchor_client": anchor,
         "cycles": cycles,
         "seconds": t_back - t0,
         "per_s": cycles / (t_back - t0),

@@ -114,7 +114,7 @@ def figure_list(sizes: Sizes) -> list[Figure]:
         Figure(
             "churn",
             "connection churn",
-            lambda env, p: figures.churn(env, env.sizes.churn_cycles),
+            lambda env, p: figures.churn(env, env.sizes.churn_cycles, anchor=p.multi_client),
             lambda s: 20 + s.churn_cycles * 0.01,
             multi_client=True,
         ),
