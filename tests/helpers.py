@@ -26,7 +26,8 @@ import tty
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer, task
+from twisted.trial.unittest import FailTest, SynchronousTestCase
 
 #: The repository root (the parent of tests/).
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -603,3 +604,20 @@ class Case(SynchronousTestCase):
 
     def deadline(self, seconds: float = TIMEOUT) -> float:
         return time.monotonic() + seconds
+
+
+@defer.inlineCallbacks
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``condition`` on the running reactor (for trial TestCases that
+    return Deferreds); fail after ``timeout`` seconds."""
+    from twisted.internet import reactor
+
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.002) + 1):  # bounded even if the clock stalls
+        if condition():
+            return
+        if time.monotonic() > deadline:
+            break
+        yield task.deferLater(reactor, 0.002, lambda: None)
+    if not condition():
+        raise FailTest(f"{what}: not true after {timeout} s")

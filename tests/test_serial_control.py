@@ -15,16 +15,15 @@ import errno
 import os
 import termios
 import threading
-import time
 import types
-from typing import Any, Callable
+from typing import Any
 
 import serial
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.protocol import Protocol
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from ser2tcp import _log, serial_link
@@ -33,6 +32,7 @@ from ser2tcp.interface import ISerialControl
 from ser2tcp.serial_control import SerialControl
 from ser2tcp.serial_link import FdSerialPort, SerialLink, _open_pyserial, _open_with_lines
 from ser2tcp.threaded_serial import ThreadedSerialTransport
+from tests.helpers import wait_for
 
 DEFAULTS = {
     "baudrate": 9600,
@@ -485,17 +485,6 @@ class LineConfigTests(SynchronousTestCase):
 # The threaded transport (pyserial URLs), on the real reactor.
 
 
-@defer.inlineCallbacks
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.005) + 1):
-        if condition():
-            return
-        if time.monotonic() > deadline:
-            break
-        yield task.deferLater(reactor, 0.005, lambda: None)
-    if not condition():
-        raise FailTest(f"{what}: not true after {timeout} s")
 
 
 class Recorder(Protocol):

@@ -10,33 +10,19 @@ from __future__ import annotations
 import os
 import termios
 import threading
-import time
-from typing import Any, Callable
+from typing import Any
 
 import serial
-from twisted.internet import defer, error, reactor, task
+from twisted.internet import defer, error, reactor
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
-from twisted.trial.unittest import FailTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ser2tcp.config import SerialConfig
 from ser2tcp.serial_link import CLOSE_FLUSH_TIMEOUT, FdSerialPort, SerialLink, is_url
 from ser2tcp.threaded_serial import ThreadedSerialTransport
-
-
-@defer.inlineCallbacks
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``condition`` on the reactor until it holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.002) + 1):  # bounded even if the clock stalls
-        if condition():
-            return
-        if time.monotonic() > deadline:
-            break
-        yield task.deferLater(reactor, 0.002, lambda: None)
-    if not condition():
-        raise FailTest(f"{what}: not true after {timeout} s")
+from tests.helpers import wait_for
 
 
 class DeviceProtocol(Protocol):

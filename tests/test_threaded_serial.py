@@ -17,25 +17,12 @@ from twisted.internet import defer, error, reactor, task
 from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.trial.unittest import FailTest, TestCase
+from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ser2tcp.threaded_serial import POLL_INTERVAL, ThreadedSerialTransport
-
-
-@defer.inlineCallbacks
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``condition`` on the reactor until it holds; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / 0.002) + 1):  # bounded even if the clock stalls
-        if condition():
-            return
-        if time.monotonic() > deadline:
-            break
-        yield task.deferLater(reactor, 0.002, lambda: None)
-    if not condition():
-        raise FailTest(f"{what}: not true after {timeout} s")
+from tests.helpers import wait_for
 
 
 class Recorder(Protocol):
