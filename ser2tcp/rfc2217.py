@@ -109,27 +109,21 @@ class ComPortServer:
         current = control.settings()[key] if control is not None else None
         if requested is None:
             return self._pretend.get(key, current)
-        if self.policy == "ignore" or control is None:
+        if self.policy != "apply" or control is None:
             if requested != current:
+                verdict = "rejected" if self.policy == "reject" and control is not None else "ignored"
                 log.info(
-                    "{peer}: {port}: {key} {value!r} requested, ignored (policy)",
+                    "{peer}: {port}: {key} {value!r} requested, {verdict} (policy)",
                     peer=self.peer,
                     port=self.port_name,
                     key=key,
                     value=requested,
+                    verdict=verdict,
                 )
+            if self.policy == "reject" and control is not None:
+                return current
             self._pretend[key] = requested
             return requested
-        if self.policy == "reject":
-            if requested != current:
-                log.info(
-                    "{peer}: {port}: {key} {value!r} requested, rejected (policy)",
-                    peer=self.peer,
-                    port=self.port_name,
-                    key=key,
-                    value=requested,
-                )
-            return current
         effective = control.apply(key, requested)
         if requested != current and effective == requested:
             log.info(
