@@ -67,10 +67,7 @@ class PortService(MultiService):
         self.link = SerialLink(port.serial, reactor)
         self.hub = PortHub(self.link, reactor)
         for server in port.servers:
-            build = FACTORIES.get(server.protocol)
-            if build is None:
-                raise StartupError(f"{server.where}.protocol: {server.protocol} is not supported")
-            factory = build(self.hub, server, reactor)
+            factory = FACTORIES[server.protocol](self.hub, server, reactor)
             ListenerService(make_endpoint(reactor, server), factory, server).setServiceParent(self)
 
     @defer.inlineCallbacks
