@@ -9,6 +9,8 @@ the global log publisher.
 
 from __future__ import annotations
 
+import time
+
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
@@ -45,3 +47,35 @@ def set_verbosity(verbose: int) -> None:
     _predicate.setLogLevelForNamespace(NAMESPACE, level)
     trace_data = level is LogLevel.debug
     info = level is not LogLevel.warn
+
+
+_fd_log = logger("accept")
+_last_fd_warning = 0.0
+_fd_refused = 0
+
+#: Twisted's accept loop reports running out of descriptors at INFO, in its
+#: own namespace; an operator needs it as a warning.
+_ACCEPT_TROUBLE = ("EMFILE recovery: Closed socket", "Could not accept new connection")
+
+
+def _watch_accept_errors(event: dict) -> None:
+    global _last_fd_warning, _fd_refused
+    fmt = event.get("log_format") or ""
+    if not fmt.startswith(_ACCEPT_TROUBLE):
+        return
+    _fd_refused += 1
+    now = time.monotonic()
+    if now - _last_fd_warning < 1.0:
+        return  # at most one line a second, however many are refused
+    _last_fd_warning = now
+    refused, _fd_refused = _fd_refused, 0
+    _fd_log.warn(
+        "Out of file descriptors (or socket memory): {n} new connection(s) refused "
+        "(raise the limit: ulimit -n, LimitNOFILE=)",
+        n=refused,
+    )
+
+
+def watch_accept_errors() -> None:
+    """Turn Twisted's notes about refused connections into WARNINGs."""
+    globalLogPublisher.addObserver(_watch_accept_errors)  # idempotent

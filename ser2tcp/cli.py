@@ -80,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(e, file=sys.stderr)
         return 1
     _log.set_verbosity(args.verbose)
+    _log.watch_accept_errors()
     globalLogBeginner.beginLoggingTo([stderr_observer(sys.stderr)], redirectStandardIO=False)
     if not _may_need_tls(config):
         # Twisted's TCP module loads pyOpenSSL and cryptography (about 13 MiB

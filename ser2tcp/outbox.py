@@ -25,6 +25,10 @@ from zope.interface import implementer
 
 from .fastpath import immediate_writer
 
+#: Most bytes kept for a client that asked us to hold its data (RFC 2217
+#: FLOWCONTROL-SUSPEND), whatever buffer_limit says.
+HOLD_LIMIT = 1 << 20
+
 
 @implementer(IPushProducer)
 class Outbox:
@@ -58,6 +62,8 @@ class Outbox:
             self._write(data)
             return
         limit = self._buffer_limit
+        if self._held:
+            limit = HOLD_LIMIT if limit is None else min(limit, HOLD_LIMIT)
         if limit is not None and self.queued + len(data) > limit:
             self.drop(f"buffer_limit of {limit} bytes exceeded")
             return
@@ -89,14 +95,15 @@ class Outbox:
 
     def hold(self, on: bool) -> None:
         """Queue instead of sending, because the client asked to (RFC 2217
-        FLOWCONTROL-SUSPEND): ``buffer_limit`` still applies, ``send_timeout``
-        does not, since the client is not stuck."""
+        FLOWCONTROL-SUSPEND).  A held client is treated as a slow one:
+        ``send_timeout`` applies, and at most :data:`HOLD_LIMIT` bytes (or
+        ``buffer_limit`` if smaller) are kept for it, so holding cannot make
+        ser2tcp keep unbounded data."""
         if self.closed:
             return
         self._held = on
         if on:
             self.pauseProducing()
-            self._cancel_timer()
         else:
             self.resumeProducing()
 
@@ -113,7 +120,6 @@ class Outbox:
         if self.closed:
             return
         if self._held:  # drained, but the client asked us to hold on
-            self._cancel_timer()
             return
         self.paused = False
         if not self._finishing:

@@ -113,6 +113,9 @@ class RawClient(Protocol):
 
     def close(self, why: str) -> None:
         self.joined = False
+        # Read again: its data now goes nowhere, but a TLS close waits for
+        # the client's reply, and a paused connection would never see it leave.
+        self.resume_reading()
         assert self.outbox is not None
         self.outbox.finish()
 

@@ -69,6 +69,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
 
         reactor = default_reactor
     _log.set_verbosity(options["verbose"])
+    _log.watch_accept_errors()
     install_startup_error_hook()
     assert options.config is not None
     try:
