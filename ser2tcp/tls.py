@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
@@ -34,6 +35,12 @@ def _read(path: str, where: str) -> bytes:
         raise ConfigError(f"{where}: cannot read {path}: {e.strerror or e}") from None
 
 
+def _public_der(public_key: Any) -> bytes:
+    return public_key.public_bytes(  # type: ignore[no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def certificate_options(config: SslConfig, where: str) -> ssl.CertificateOptions:
     """Server ``CertificateOptions`` for ``config``; ``where`` is its key path."""
     cert_pem = _read(config.certfile, f"{where}.certfile")
@@ -44,21 +51,15 @@ def certificate_options(config: SslConfig, where: str) -> ssl.CertificateOptions
     key_pem = _read(config.keyfile, f"{where}.keyfile")
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
-    except TypeError:
-        raise ConfigError(
-            f"{where}.keyfile: {config.keyfile} is encrypted; ser2tcp needs an unencrypted key"
-        ) from None
-    except (ValueError, Exception) as e:
-        if "encrypted" in str(e).lower() or "password" in str(e).lower():
+    except (TypeError, ValueError, UnsupportedAlgorithm) as e:
+        # cryptography says "Password was not given but private key is
+        # encrypted" (TypeError) for an encrypted key.
+        if isinstance(e, TypeError) or "encrypted" in str(e).lower():
             raise ConfigError(
                 f"{where}.keyfile: {config.keyfile} is encrypted; ser2tcp needs an unencrypted key"
             ) from None
         raise ConfigError(f"{where}.keyfile: {config.keyfile} holds no PEM private key") from None
-    if chain[0].public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ):
+    if _public_der(chain[0].public_key()) != _public_der(key.public_key()):
         raise ConfigError(
             f"{where}.keyfile: {config.keyfile} does not match the certificate in {config.certfile}"
         )
