@@ -16,6 +16,7 @@ import selectors
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -169,8 +170,8 @@ def recv_until_closed(sock: socket.socket, deadline: float, limit: int = 1 << 30
     raise AssertionError(f"the connection was not closed in time ({total} bytes received)")
 
 
-def recv_each(socks: Sequence[socket.socket], n: int, deadline: float) -> list[bytes]:
-    """Exactly ``n`` bytes from each socket, all read concurrently."""
+def recv_each(socks: Sequence[Any], n: int, deadline: float) -> list[bytes]:
+    """Exactly ``n`` bytes from each socket, TLS ones included, read concurrently."""
     bufs = [bytearray() for _ in socks]
     sel = selectors.DefaultSelector()
     try:
@@ -181,15 +182,19 @@ def recv_each(socks: Sequence[socket.socket], n: int, deadline: float) -> list[b
         for left in ticks(deadline):
             if not pending:
                 break
-            for key, _ in sel.select(left):
+            for key, _ in sel.select(min(left, 0.5)):
                 i = key.data
-                try:
-                    data = socks[i].recv(min(1 << 20, n - len(bufs[i])))
-                except BlockingIOError:
-                    continue
-                if not data:
-                    raise AssertionError(f"client {i}: EOF after {len(bufs[i])} of {n} bytes")
-                bufs[i] += data
+                for _ in range(64):  # a TLS socket may hold more than select shows
+                    want = n - len(bufs[i])
+                    if not want:
+                        break
+                    try:
+                        data = socks[i].recv(min(1 << 20, want))
+                    except (BlockingIOError, ssl.SSLWantReadError):
+                        break
+                    if not data:
+                        raise AssertionError(f"client {i}: EOF after {len(bufs[i])} of {n} bytes")
+                    bufs[i] += data
                 if len(bufs[i]) == n:
                     sel.unregister(socks[i])
                     pending -= 1

@@ -28,7 +28,6 @@ import os
 import random
 import resource
 import select
-import selectors
 import socket
 import ssl
 import struct
@@ -189,44 +188,6 @@ def accept_queue(port: int) -> int:
             if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 total += int(fields[4].split(":")[1], 16)
     return total
-
-
-def recv_all(socks: Sequence[Any], n: int, deadline: float) -> list[bytes]:
-    """Exactly ``n`` bytes from each socket, TLS ones included, read concurrently."""
-    bufs = [bytearray() for _ in socks]
-    sel = selectors.DefaultSelector()
-    try:
-        for i, sock in enumerate(socks):
-            sock.setblocking(False)
-            sel.register(sock, selectors.EVENT_READ, i)
-        pending = len(socks)
-        for left in ticks(deadline):
-            if not pending:
-                break
-            for key, _ in sel.select(min(left, 0.5)):
-                i = key.data
-                for _ in range(64):  # a TLS socket may hold more than select shows
-                    want = n - len(bufs[i])
-                    if not want:
-                        break
-                    try:
-                        data = socks[i].recv(min(1 << 20, want))
-                    except (BlockingIOError, ssl.SSLWantReadError):
-                        break
-                    if not data:
-                        raise AssertionError(f"client {i}: EOF after {len(bufs[i])} of {n} bytes")
-                    bufs[i] += data
-                if len(bufs[i]) == n:
-                    sel.unregister(socks[i])
-                    pending -= 1
-    finally:
-        sel.close()
-        for sock in socks:
-            sock.settimeout(TIMEOUT)
-    short = [(i, len(b)) for i, b in enumerate(bufs) if len(b) != n]
-    if short:
-        raise AssertionError(f"timed out: (client, bytes) short of {n}: {short[:10]}")
-    return [bytes(b) for b in bufs]
 
 
 def raise_fd_limit(wanted: int) -> int:

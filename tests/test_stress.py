@@ -49,7 +49,6 @@ from tests.test_robustness import (
     accept_queue,
     fd_count,
     raise_fd_limit,
-    recv_all,
     report,
     reset,
     rss,
@@ -158,7 +157,7 @@ class UnplugTests(RobustCase):
             # on every protocol)...
             data = ALL_BYTES[:255] + os.urandom(8 * KiB).replace(b"\xff", b"\x00")
             self.device.write(data)
-            for i, got in enumerate(recv_all(socks, len(data), self.deadline(30))):
+            for i, got in enumerate(recv_each(socks, len(data), self.deadline(30))):
                 self.assertTrue(got == data, f"round {round_} client {i}")
             # ...and three of them (TCP, TELNET, socket) keep writing.
             writers = [socks[0], socks[1], socks[3]]
