@@ -381,6 +381,17 @@ class RobustCase(Case):
     witness: Witness | None = None
     fresh = 0  # fresh clients so far (their tags differ)
 
+    def plug(self, link: str) -> Device:
+        """A new pty, drained, at ``link`` (a symlink replaced atomically)."""
+        device = Device(self.pty())
+        self.addCleanup(device.close)
+        if os.path.lexists(link + ".new"):
+            os.unlink(link + ".new")
+        os.symlink(device.path, link + ".new")
+        os.replace(link + ".new", link)
+        self.device = device
+        return device
+
     def start(
         self,
         device: str | None = None,
@@ -1008,17 +1019,6 @@ class ClientFaultTests(RobustCase):
 
 
 class DeviceFaultTests(RobustCase):
-    def plug(self, link: str) -> Device:
-        """A new pty, drained, at ``link`` (a symlink replaced atomically)."""
-        device = Device(self.pty())
-        self.addCleanup(device.close)
-        if os.path.lexists(link + ".new"):
-            os.unlink(link + ".new")
-        os.symlink(device.path, link + ".new")
-        os.replace(link + ".new", link)
-        self.device = device
-        return device
-
     def assert_refused(self, proto: str, why: str) -> None:
         """A ``proto`` client is closed without a byte of data (TELNET
         clients, people, get one line saying ``why``)."""

@@ -41,7 +41,6 @@ from tests.test_robustness import (
     ALL_BYTES,
     PROTOCOLS,
     SEED,
-    Device,
     KiB,
     MiB,
     RobustCase,
@@ -134,16 +133,6 @@ class CycleTests(RobustCase):
 
 
 class UnplugTests(RobustCase):
-    def plug(self, link: str) -> Device:
-        device = Device(self.pty())
-        self.addCleanup(device.close)
-        if os.path.lexists(link + ".new"):
-            os.unlink(link + ".new")
-        os.symlink(device.path, link + ".new")
-        os.replace(link + ".new", link)
-        self.device = device
-        return device
-
     def test_unplug_with_clients_connected_and_writing(self) -> None:
         link = os.path.join(self.tempdir(), "ttyUNPLUG")
         self.plug(link)
