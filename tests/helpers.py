@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import select
 import selectors
 import shutil
@@ -388,6 +389,42 @@ def holds(pid: int, path: str) -> bool:
     return os.path.realpath(path) in fd_links(pid)
 
 
+def reads(pid: int, path: str) -> bool:
+    """Whether process ``pid`` has ``path`` open *and* watched by its epoll set.
+
+    Opening a serial port flushes its input (pyserial's ``open()`` and
+    Twisted's ``SerialPort``), so bytes a test writes to the pty between
+    ``open()`` and that flush are lost.  The reactor starts reading only after
+    the flush: once the descriptor is in the epoll set, nothing written to the
+    pty can be discarded any more.
+    """
+    target = os.path.realpath(path)
+    base = f"/proc/{pid}/fd"
+    fds, epolls = set(), []
+    try:
+        names = os.listdir(base)
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    for name in names:
+        try:
+            link = os.readlink(os.path.join(base, name))
+        except OSError:
+            continue
+        if link == target:
+            fds.add(int(name))
+        elif link == "anon_inode:[eventpoll]":
+            epolls.append(name)
+    for name in epolls:
+        try:
+            with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                info = f.read()
+        except OSError:
+            continue
+        if fds & {int(fd) for fd in re.findall(r"^tfd:\s+(\d+)", info, re.M)}:
+            return True
+    return False
+
+
 def listening_ports(pid: int) -> set[int]:
     """The TCP ports process ``pid`` listens on (IPv4 and IPv6).
 
@@ -499,8 +536,12 @@ class Daemon:
         return holds(self.pid, path)
 
     def wait_holds(self, path: str, held: bool = True, timeout: float = TIMEOUT) -> None:
+        """Wait until the daemon reads ``path`` (``held``) or has closed it."""
         what = f"the daemon to {'open' if held else 'close'} {path}"
-        wait_until(lambda: self.holds(path) is held, timeout, what)
+        if held:
+            wait_until(lambda: reads(self.pid, path), timeout, what)
+        else:
+            wait_until(lambda: not self.holds(path), timeout, what)
 
     def wait_listening(self, ports: Sequence[int], timeout: float = TIMEOUT) -> None:
         """Wait until the daemon listens on every port of ``ports``."""
