@@ -11,7 +11,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from twisted.logger import (
+from ._lean import defer_unused_imports
+
+defer_unused_imports()  # before Twisted is imported
+
+from twisted.logger import (  # noqa: E402
     FilteringLogObserver,
     LogLevel,
     LogLevelFilterPredicate,
@@ -19,9 +23,9 @@ from twisted.logger import (
     globalLogBeginner,
 )
 
-from . import __version__, _log
-from .config import Config, ConfigError, StartupError, load_config
-from .usb import describe_usb_devices
+from . import __version__, _log  # noqa: E402
+from .config import Config, ConfigError, StartupError, load_config  # noqa: E402
+from .usb import describe_usb_devices  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

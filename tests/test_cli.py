@@ -26,8 +26,8 @@ from .helpers import (
 
 
 def project_version() -> str:
-    with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
-        match = re.search(r'(?m)^version\s*=\s*"([^"]+)"', f.read())
+    with open(os.path.join(REPO, "ser2tcp", "__init__.py"), encoding="utf-8") as f:
+        match = re.search(r'(?m)^__version__\s*=\s*"([^"]+)"', f.read())
     assert match is not None
     return match.group(1)
 
