@@ -91,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # of memory) whenever they are installed; without TLS nothing uses them.
         sys.modules.setdefault("OpenSSL", None)  # type: ignore[arg-type]
 
+    from .reactor import install_if_possible
+
+    install_if_possible()
     from twisted.internet import reactor
 
     from .service import build_service

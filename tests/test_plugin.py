@@ -120,6 +120,13 @@ class TwistTests(Case):
         daemon.wait_listening([self.port])
         self.check_stops(daemon)
 
+    def test_twist_with_the_ser2tcp_reactor(self):
+        # A reactor plugin: twist refuses an unknown --reactor name.
+        argv = [TWIST, "--reactor=ser2tcp", "ser2tcp", "--config", self.path]
+        daemon = self.daemon(argv, cwd=self.dir)
+        daemon.wait_listening([self.port])
+        self.check_stops(daemon)
+
     def test_twistd_nodaemon(self):
         daemon = self.daemon([TWISTD, "-n", "ser2tcp", "--config", self.path], cwd=self.dir)
         daemon.wait_listening([self.port])
