@@ -485,8 +485,6 @@ class LineConfigTests(SynchronousTestCase):
 # The threaded transport (pyserial URLs), on the real reactor.
 
 
-
-
 class Recorder(Protocol):
     def __init__(self) -> None:
         self.received = bytearray()
