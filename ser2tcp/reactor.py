@@ -6,8 +6,9 @@ prefix, copies a context dictionary and pushes it on a thread-local stack, so
 that old-style ``log.msg`` calls made during the callback are tagged with the
 connection's "system".  ser2tcp logs with ``twisted.logger``, which does not
 read that context, and the cost is paid twice per byte echoed through the
-proxy (once per direction): measured here, it is about a sixth of the daemon's
-CPU time on a round trip.
+proxy (once per direction): without it, the daemon's user CPU time per
+one-byte round trip drops by about a quarter (4.4 us per event in ``timeit``,
+more on a real wake-up, with cold caches).
 
 :class:`LeanEPollReactor` is Twisted's ``EPollReactor`` with only
 ``doPoll`` changed to call ``_doReadOrWrite`` directly.  Everything else
