@@ -368,20 +368,25 @@ class Background:
 # processes
 
 
-def fd_links(pid: int) -> list[str]:
-    """Where the open descriptors of process ``pid`` point ([] once it is gone)."""
+def fd_table(pid: int) -> dict[int, str]:
+    """Where each open descriptor of process ``pid`` points ({} once it is gone)."""
     base = f"/proc/{pid}/fd"
     try:
         names = os.listdir(base)
     except (FileNotFoundError, ProcessLookupError):
-        return []
-    links = []
+        return {}
+    table = {}
     for name in names:
         try:
-            links.append(os.readlink(os.path.join(base, name)))
+            table[int(name)] = os.readlink(os.path.join(base, name))
         except OSError:  # closed meanwhile
             continue
-    return links
+    return table
+
+
+def fd_links(pid: int) -> list[str]:
+    """Where the open descriptors of process ``pid`` point ([] once it is gone)."""
+    return list(fd_table(pid).values())
 
 
 def holds(pid: int, path: str) -> bool:
@@ -399,24 +404,12 @@ def reads(pid: int, path: str) -> bool:
     pty can be discarded any more.
     """
     target = os.path.realpath(path)
-    base = f"/proc/{pid}/fd"
-    fds, epolls = set(), []
-    try:
-        names = os.listdir(base)
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    for name in names:
+    table = fd_table(pid)
+    fds = {fd for fd, link in table.items() if link == target}
+    epolls = [fd for fd, link in table.items() if link == "anon_inode:[eventpoll]"]
+    for epoll in epolls:
         try:
-            link = os.readlink(os.path.join(base, name))
-        except OSError:
-            continue
-        if link == target:
-            fds.add(int(name))
-        elif link == "anon_inode:[eventpoll]":
-            epolls.append(name)
-    for name in epolls:
-        try:
-            with open(f"/proc/{pid}/fdinfo/{name}") as f:
+            with open(f"/proc/{pid}/fdinfo/{epoll}") as f:
                 info = f.read()
         except OSError:
             continue

@@ -17,14 +17,54 @@ import ssl
 import subprocess
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twisted.internet import defer, error
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from ser2tcp.interface import ISerialLink
 from tests.helpers import TIMEOUT, clean_env, ticks, wait_until
+
+
+@implementer(ISerialLink)
+class InstantLink:
+    """An ISerialLink that opens (or fails to open) at once; the device is a
+    transport made by ``make_device`` (a StringTransport: it records writes)."""
+
+    def __init__(
+        self,
+        name: str = "/dev/ttyFAKE1",
+        fail: str | None = None,
+        make_device: Callable[[], StringTransport] = StringTransport,
+    ) -> None:
+        self.name = name
+        self.fail = fail
+        self.make_device = make_device
+        self.device: StringTransport | None = None
+        self.protocol: Any = None
+        self.opened = 0
+
+    def open(self, protocol: Any) -> defer.Deferred[Any]:
+        self.opened += 1
+        if self.fail is not None:
+            return defer.fail(OSError(2, self.fail))
+        self.protocol = protocol
+        self.device = self.make_device()
+        protocol.makeConnection(self.device)
+        return defer.succeed(self.device)
+
+    def close(self, abort: bool = False) -> None:
+        self.protocol.connectionLost(Failure(error.ConnectionDone()))
+
+    def closed(self) -> None:
+        self.device = None
+
 
 # TELNET bytes
 IAC, DONT, DO, WONT, WILL, SB, SE = b"\xff", b"\xfe", b"\xfd", b"\xfc", b"\xfb", b"\xfa", b"\xf0"

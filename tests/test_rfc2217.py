@@ -21,7 +21,7 @@ import warnings
 from typing import Any, Callable
 
 import serial
-from twisted.internet import defer, error
+from twisted.internet import error
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -40,6 +40,7 @@ from ser2tcp.rfc2217 import ComPortServer
 from ser2tcp.serial_control import SerialControl
 from ser2tcp.telnet import TelnetClient
 from tests.helpers import Case, Pty, free_port, port_config, recv_exactly, tcp_server, ticks, wait_until
+from tests.proto_helpers import InstantLink
 from tests.test_serial_control import LogCapture, opened_fake
 
 IAC, DONT, DO, WONT, WILL, SB, SE = 0xFF, 0xFE, 0xFD, 0xFC, 0xFB, 0xFA, 0xF0
@@ -522,27 +523,9 @@ class ControlDevice(StringTransport):
         self.control = control
 
 
-class ControlLink:
-    """An ISerialLink opening a ControlDevice at once."""
-
-    name = PORT_NAME
-
-    def __init__(self, control: Any) -> None:
-        self.control = control
-        self.device: ControlDevice | None = None
-        self.protocol: Any = None
-
-    def open(self, protocol: Any) -> defer.Deferred[Any]:
-        self.protocol = protocol
-        self.device = ControlDevice(self.control)
-        protocol.makeConnection(self.device)
-        return defer.succeed(self.device)
-
-    def close(self, abort: bool = False) -> None:
-        self.protocol.connectionLost(Failure(error.ConnectionDone()))
-
-    def closed(self) -> None:
-        self.device = None
+def control_link(control: Any) -> InstantLink:
+    """A link opening a ControlDevice on ``control`` at once."""
+    return InstantLink(PORT_NAME, make_device=lambda: ControlDevice(control))
 
 
 def telnet_server(rfc2217: str | None = "apply") -> ServerConfig:
@@ -554,7 +537,7 @@ class TelnetCase(SynchronousTestCase):
         self.clock = Clock()
         self.fake = opened_fake()
         self.control = SerialControl(self.fake, PORT_NAME)
-        self.link = ControlLink(self.control)
+        self.link = control_link(self.control)
         self.hub = PortHub(self.link, self.clock)
         self.logs = LogCapture(self)
 
@@ -819,7 +802,7 @@ class HubWatchTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.control = FakeControl()
-        self.hub = PortHub(ControlLink(self.control), self.clock)
+        self.hub = PortHub(control_link(self.control), self.clock)
         self.seen: list[dict[str, bool]] = []
 
     def open(self) -> None:

@@ -22,7 +22,6 @@ import serial
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Protocol
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -33,6 +32,7 @@ from ser2tcp.serial_control import SerialControl
 from ser2tcp.serial_link import FdSerialPort, SerialLink, _open_pyserial, _open_with_lines
 from ser2tcp.threaded_serial import ThreadedSerialTransport
 from tests.helpers import wait_for
+from tests.test_serial_link import DeviceProtocol
 
 DEFAULTS = {
     "baudrate": 9600,
@@ -485,34 +485,21 @@ class LineConfigTests(SynchronousTestCase):
 # The threaded transport (pyserial URLs), on the real reactor.
 
 
-class Recorder(Protocol):
-    def __init__(self) -> None:
-        self.received = bytearray()
-        self.reason: Failure | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.reason = reason
-
-
 class ThreadedControlTests(TestCase):
     timeout = 20
 
     @defer.inlineCallbacks
     def open(self, settings: dict[str, Any], lines: dict[str, bool]) -> Any:
         link = SerialLink(SerialConfig(settings=settings, lines=lines), reactor)
-        protocol = Recorder()
+        protocol = DeviceProtocol(link)
         transport = yield link.open(protocol)
         self.addCleanup(self.close, link, transport, protocol)
         return transport, protocol
 
     @defer.inlineCallbacks
-    def close(self, link: SerialLink, transport: Any, protocol: Recorder) -> Any:
+    def close(self, link: SerialLink, transport: Any, protocol: DeviceProtocol) -> Any:
         link.close(abort=True)
         yield wait_for(lambda: protocol.reason is not None, what="closed")
-        link.closed()
         names = {f"ser2tcp read {transport.serial.port}", f"ser2tcp write {transport.serial.port}"}
         yield wait_for(lambda: not any(t.name in names for t in threading.enumerate()), 5, "threads ended")
 

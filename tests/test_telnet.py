@@ -14,7 +14,7 @@ import random
 import socket
 from typing import Any
 
-from twisted.internet import defer, error
+from twisted.internet import error
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -46,6 +46,7 @@ from tests.proto_helpers import (
     SGA,
     WILL,
     WONT,
+    InstantLink,
     Tmux,
     missing,
     read_pipe,
@@ -89,36 +90,6 @@ class FakeHub:
 
     def data(self) -> bytes:
         return b"".join(self.received)
-
-
-class FakeDevice(StringTransport):
-    """The device transport of a fake link: records writes."""
-
-
-class FakeLink:
-    """An ISerialLink that opens (or fails to open) at once."""
-
-    def __init__(self, name: str = "/dev/ttyFAKE1", fail: str | None = None) -> None:
-        self.name = name
-        self.fail = fail
-        self.device: FakeDevice | None = None
-        self.protocol: Any = None
-        self.opened = 0
-
-    def open(self, protocol: Any) -> defer.Deferred[Any]:
-        self.opened += 1
-        if self.fail is not None:
-            return defer.fail(OSError(2, self.fail))
-        self.protocol = protocol
-        self.device = FakeDevice()
-        protocol.makeConnection(self.device)
-        return defer.succeed(self.device)
-
-    def close(self, abort: bool = False) -> None:
-        self.protocol.connectionLost(Failure(error.ConnectionDone()))
-
-    def closed(self) -> None:
-        self.device = None
 
 
 def connect_client(hub: Any, cls: type[RawClient] = TelnetClient) -> tuple[Any, StringTransport]:
@@ -338,7 +309,7 @@ class Data(SynchronousTestCase):
 
 class WithPortHub(SynchronousTestCase):
     def test_refuse_sends_one_line_then_closes(self) -> None:
-        link = FakeLink(fail="No such file or directory")
+        link = InstantLink(fail="No such file or directory")
         hub = PortHub(link)
         client, transport = connect_client(hub)
         wire = transport.value()
@@ -360,7 +331,7 @@ class WithPortHub(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
 
     def test_fan_out_escapes_per_protocol(self) -> None:
-        link = FakeLink()
+        link = InstantLink()
         hub = PortHub(link)
         telnet1, t1 = connect_client(hub)
         raw, r = connect_client(hub, RawClient)
@@ -377,7 +348,7 @@ class WithPortHub(SynchronousTestCase):
         self.assertEqual(t2.value(), telnet_expected)
 
     def test_client_bytes_reach_device(self) -> None:
-        link = FakeLink()
+        link = InstantLink()
         hub = PortHub(link)
         client, transport = connect_client(hub)
         assert link.device is not None
