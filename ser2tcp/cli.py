@@ -44,8 +44,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("-u", "--usb", action="store_true", help="list USB serial devices and exit")
     parser.add_argument("-c", "--config", help="JSON config file")
     args = parser.parse_args(argv)
-    if not args.usb and not args.config:
+    if not args.usb and args.config is None:
         parser.error("the following arguments are required: -c/--config")
+    if not args.usb and not args.config:
+        parser.error("-c/--config: the path is empty")
     return args
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +61,13 @@ SERIAL_KEYS = (
     "exclusive",
 )
 
+#: Serial settings that are flags: JSON true or false, nothing else.
+FLAG_SETTINGS = ("xonxoff", "rtscts", "dsrdtr", "exclusive")
+#: Serial settings in seconds (null: wait forever).
+TIMEOUT_SETTINGS = ("timeout", "write_timeout", "inter_byte_timeout")
+#: termios takes a custom speed as a C int.
+MAX_BAUDRATE = 2**31 - 1
+
 #: Attributes of ``serial.tools.list_ports`` entries that ``match`` may use.
 MATCH_KEYS = (
     "vid",
@@ -89,6 +98,17 @@ SERVER_KEYS = (
     "mode",
     "handshake_timeout",
 )
+
+#: Largest config file read: a config is a few KiB; anything this big is a mistake.
+MAX_CONFIG_BYTES = 1 << 20
+
+#: Server keys that only some protocols understand (``rfc2217`` has its own check).
+PROTOCOL_ONLY = {
+    "port": ("tcp", "telnet", "ssl"),
+    "ssl": ("ssl",),
+    "handshake_timeout": ("ssl",),
+    "mode": ("socket",),
+}
 
 DEFAULT_SEND_TIMEOUT = 5.0
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -136,7 +156,10 @@ class ServerConfig:
             return f"{self.protocol.upper()} {self.endpoint}"
         if self.protocol == "socket":
             return f"SOCKET {self.address}"
-        return f"{self.protocol.upper()} {self.address or '*'}:{self.port}"
+        host = self.address or "*"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{self.protocol.upper()} {host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -177,13 +200,9 @@ class Config:
 
 def load_config(path: str) -> Config:
     """Read and validate the JSON config at ``path``."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: config is not UTF-8 text: {e.reason}") from None
+    if not path:
+        raise ConfigError("the config file path is empty (-c '')")
+    text = _read_config(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -191,6 +210,30 @@ def load_config(path: str) -> Config:
     except RecursionError:
         raise ConfigError(f"{path}: invalid JSON: nested too deeply") from None
     return parse_config(data, source=path)
+
+
+def _read_config(path: str) -> str:
+    """The text of a config file: a regular file of at most :data:`MAX_CONFIG_BYTES`.
+
+    A device or a pipe (``-c /dev/zero``) could be read forever, and a huge
+    file would be read into memory whole: neither is a config."""
+    try:
+        with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+                raise ConfigError(f"{path}: cannot read config: {kind}")
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: config larger than {MAX_CONFIG_BYTES // 1024 // 1024} MiB; not reading it"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: config is not UTF-8 text: {e.reason}") from None
 
 
 def parse_config(data: Any, source: str = "<config>") -> Config:
@@ -244,6 +287,65 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _symbolic(key: str, value: Any, at: str) -> Any:
+    """``"EVEN"`` -> ``"E"``; pyserial's own values pass, anything else is refused."""
+    names, native = _SYMBOLIC[key]
+    if isinstance(value, str) and value in names:
+        return names[value]
+    # bool is an int and 8.0 == 8: neither is how a size or a count is written.
+    if isinstance(value, bool) or (key == "bytesize" and not _is_int(value)) or value not in native:
+        raise _Invalid(
+            at,
+            "expected one of "
+            + ", ".join(names)
+            + " (or "
+            + ", ".join(_show(v) for v in native)
+            + f"), got {_show(value)}",
+        )
+    return value
+
+
+def _check_setting(key: str, value: Any, at: str) -> None:
+    """Refuse a serial setting of the wrong JSON type.
+
+    pyserial's setters take any value as a flag (``"false"`` switches
+    ``xonxoff`` on) and ``true`` or ``9600.5`` as a baud rate: its own checks
+    cannot be the only ones."""
+    if key == "baudrate":
+        if not _is_int(value) or not 1 <= value <= MAX_BAUDRATE:
+            raise _Invalid(
+                at, f"expected a whole number of bits per second, 1 to {MAX_BAUDRATE}, got {_show(value)}"
+            )
+    elif key in FLAG_SETTINGS:
+        if not isinstance(value, bool):
+            raise _Invalid(at, f"expected true or false, got {_show(value)}")
+    elif key in TIMEOUT_SETTINGS:
+        if value is not None and (not _is_number(value) or value < 0):
+            raise _Invalid(at, f"expected a number of seconds >= 0 or null, got {_show(value)}")
+
+
+def _check_listeners_unique(ports: Sequence[PortConfig]) -> None:
+    """Two servers of one config at one place is a config error naming both:
+    binding the second would fail with a misleading "in use by another
+    process" (it is this process)."""
+    seen: dict[tuple[Any, ...], str] = {}
+    for port in ports:
+        for server in port.servers:
+            if server.endpoint is not None:
+                continue  # the user's own string: Twisted says what is wrong
+            if server.protocol == "socket":
+                path = str(server.address)
+                directory, name = os.path.split(os.path.abspath(path))
+                place: tuple[Any, ...] = ("unix", os.path.join(os.path.realpath(directory), name))
+                at, shown = f"{server.where}.address", path
+            else:
+                place = ("tcp", server.address, server.port)
+                at, shown = f"{server.where}.port", server.label.split(" ", 1)[1]
+            if place in seen:
+                raise _Invalid(at, f"{shown} is already used by {seen[place]}")
+            seen[place] = server.where
+
+
 class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -270,7 +372,9 @@ class _Parser:
             )
         if not ports:
             raise _Invalid(where, "no ports configured")
-        return tuple(self.port(p, f"{where}[{i}]" if where else f"[{i}]") for i, p in enumerate(ports))
+        parsed = tuple(self.port(p, f"{where}[{i}]" if where else f"[{i}]") for i, p in enumerate(ports))
+        _check_listeners_unique(parsed)
+        return parsed
 
     def port(self, data: Any, where: str) -> PortConfig:
         if not isinstance(data, dict):
@@ -320,20 +424,9 @@ class _Parser:
                 settings[key] = value
                 continue
             if key in _SYMBOLIC:
-                names, native = _SYMBOLIC[key]
-                if isinstance(value, str) and value in names:
-                    value = names[value]
-                elif value not in native or isinstance(value, bool):
-                    raise _Invalid(
-                        at,
-                        "expected one of "
-                        + ", ".join(names)
-                        + " (or "
-                        + ", ".join(_show(v) for v in native)
-                        + f"), got {_show(value)}",
-                    )
-            elif value is not None and isinstance(value, (dict, list)):
-                raise _Invalid(at, f"expected a value, got {_show(value)}")
+                value = _symbolic(key, value, at)
+            else:
+                _check_setting(key, value, at)
             try:
                 setattr(probe, key, value)
             except (ValueError, TypeError, OverflowError) as e:
@@ -371,6 +464,7 @@ class _Parser:
                 "expected one of " + ", ".join(PROTOCOLS) + f", got {_show(protocol)}",
             )
         protocol = protocol.lower()
+        self.check_belongs(data, protocol, where)
         kw: dict[str, Any] = {"protocol": protocol, "where": where}
 
         if data.get("endpoint") is not None:
@@ -426,7 +520,7 @@ class _Parser:
         if protocol == "ssl":
             kw["ssl"] = self.ssl(data.get("ssl"), f"{where}.ssl")
 
-        if data.get("rfc2217") not in (None, False):
+        if data.get("rfc2217") is not None and data["rfc2217"] is not False:
             kw["rfc2217"] = self.rfc2217(data["rfc2217"], protocol, f"{where}.rfc2217")
 
         if data.get("mode") is not None:
@@ -442,6 +536,20 @@ class _Parser:
                     f"{where}.mode", f'expected an octal string such as "0660", got {_show(mode)}'
                 ) from None
         return ServerConfig(**kw)
+
+    def check_belongs(self, data: Mapping[str, Any], protocol: str, where: str) -> None:
+        """Refuse keys of another protocol rather than ignore them: an ``ssl``
+        block on a ``tcp`` server would otherwise start a cleartext server
+        whose user believes it encrypted."""
+        for key, protocols in PROTOCOL_ONLY.items():
+            if data.get(key) is not None and protocol not in protocols:
+                raise _Invalid(_at(where, key), f"only for {' and '.join(protocols)} servers, not {protocol}")
+        if data.get("endpoint") is not None:
+            for key in ("address", "port", "mode"):
+                if data.get(key) is not None:
+                    raise _Invalid(
+                        _at(where, key), 'not used with "endpoint" (the endpoint string says where to listen)'
+                    )
 
     def rfc2217(self, data: Any, protocol: str, where: str) -> str:
         if protocol != "telnet":

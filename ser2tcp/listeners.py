@@ -51,10 +51,28 @@ def endpoint_string(server: ServerConfig) -> str:
         return server.endpoint
     quote = endpoints.quoteStringArgument
     if server.protocol == "socket":
-        mode = f":mode={server.mode:o}" if server.mode is not None else ""
-        return f"unix:address={quote(str(server.address))}{mode}:lockfile=0:backlog={BACKLOG}"
+        mode = server.mode if server.mode is not None else 0o666 & ~current_umask()
+        return f"unix:address={quote(str(server.address))}:mode={mode:o}:lockfile=0:backlog={BACKLOG}"
     interface = resolve_address(str(server.address), server.where)
     return f"tcp:port={server.port}:interface={quote(interface)}:backlog={BACKLOG}"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the kernel tells.
+
+    Twisted chmods every Unix socket it binds (0666 unless told otherwise),
+    which would ignore ``UMask=`` and ``umask 077``: without a ``mode`` the
+    socket must get what the umask gives a new file."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no other way to read it: set and put back at once
+    os.umask(mask)
+    return mask
 
 
 def clear_stale_socket(path: str) -> None:
@@ -120,15 +138,41 @@ class ListenerService(Service):
         self._listen()
         super().startService()
 
+    def probe(self) -> None:
+        """Fail now, with the one line, if listening will surely fail.
+
+        ``twistd`` binds only after it has daemonized, and then shows the
+        parent only 100 bytes of the error; probing before it forks lets the
+        user see the whole line.  It binds a socket and closes it at once;
+        endpoint strings are the user's own and are not probed."""
+        server = self.server
+        if server.endpoint is not None:
+            return
+        if server.protocol == "socket":
+            self._clear_stale_socket()
+            return
+        host = resolve_address(str(server.address), server.where)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted binds
+            try:
+                probe.bind((host, server.port))
+            except OSError as e:
+                raise StartupError(f"{server.where}: cannot listen on {server.label}: {e.strerror}") from None
+
+    def _clear_stale_socket(self) -> None:
+        server = self.server
+        try:
+            clear_stale_socket(str(server.address))
+        except StartupError as e:
+            raise StartupError(f"{server.where}.address: {e}") from None
+
     def _listen(self) -> None:
         if self.port is not None:
             return
         server = self.server
         if server.protocol == "socket" and server.endpoint is None:
-            try:
-                clear_stale_socket(str(server.address))
-            except StartupError as e:
-                raise StartupError(f"{server.where}.address: {e}") from None
+            self._clear_stale_socket()
         result: list[Any] = []
         self.endpoint.listen(self.factory).addBoth(result.append)
         if not result:

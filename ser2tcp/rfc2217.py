@@ -59,6 +59,19 @@ def modem_state(lines: dict[str, bool]) -> int:
     return sum(bit for name, bit in MODEM_BITS.items() if lines.get(name))
 
 
+#: Most characters of a client's text that a log line repeats.
+MAX_LOGGED_TEXT = 80
+
+
+def printable(value: bytes, limit: int = MAX_LOGGED_TEXT) -> str:
+    """A client's text as one short log-safe line: control characters and
+    non-ASCII bytes escaped, cut at ``limit`` characters (a SIGNATURE may be
+    a kilobyte of anything)."""
+    text = value.decode("ascii", "backslashreplace")
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ComPortServer:
     def __init__(
         self,
@@ -99,7 +112,7 @@ class ComPortServer:
 
     def _signature(self, value: bytes) -> None:
         if value:
-            log.info("{peer}: RFC 2217 signature {sig!r}", peer=self.peer, sig=value)
+            log.info("{peer}: RFC 2217 signature {sig}", peer=self.peer, sig=printable(value))
             return
         self._reply(SIGNATURE, f"ser2tcp {__version__} {self.port_name}".encode())
 

@@ -102,7 +102,11 @@ class Ser2TcpService(MultiService):
             log.warn("{warning}", warning=warning)
         self._start(super().startService)
 
-    def _start(self, start: Callable[[], None]) -> None:
+    def probe(self) -> None:
+        """Check before daemonizing that every listener can be bound."""
+        self._start(lambda: [listener.probe() for listener in self._listeners()])
+
+    def _start(self, start: Callable[[], object]) -> None:
         try:
             start()
         except StartupError as e:

@@ -55,8 +55,10 @@ class Options(usage.Options):
     opt_V = opt_version
 
     def postOptions(self) -> None:
-        if not self["config"]:
+        if self["config"] is None:
             raise usage.UsageError("the config file is required: -c CONFIG")
+        if not self["config"]:
+            raise usage.UsageError("-c/--config: the path is empty")
         try:
             self.config = load_config(self["config"])
         except ConfigError as e:
@@ -73,6 +75,8 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     install_startup_error_hook()
     assert options.config is not None
     try:
-        return build_service(options.config, reactor)
+        service = build_service(options.config, reactor)
+        service.probe()
     except (ConfigError, StartupError) as e:
         fail(str(e))
+    return service

@@ -52,6 +52,11 @@ class FlagTests(Case):
         self.assertIn("-c/--config", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
 
+    def test_empty_config_path(self):
+        result = run([SER2TCP, "-c", ""])
+        self.assertEqual(result.returncode, 2)
+        self.assertEqual(result.stderr.splitlines()[-1], "ser2tcp: error: -c/--config: the path is empty")
+
     def test_usb_listing_without_devices(self):
         if any(port.vid is not None for port in list_ports.comports()):
             raise SkipTest("this machine has USB serial devices")
@@ -205,6 +210,9 @@ class BadConfigTests(Case):
         config = self.mutated(lambda p: p["servers"].append(tcp_server(busy_port)))
         self.check(config, "ports[0].servers[1]: ", str(busy_port), "in use")
 
+    def test_endless_config_is_not_read(self):
+        self.check(None, "not a regular file", path="/dev/zero")
+
     def test_two_servers_on_the_same_port(self):
         other = free_port()
         config = {
@@ -213,7 +221,9 @@ class BadConfigTests(Case):
                 port_config("/dev/ttyS-other", tcp_server(other), tcp_server(self.port)),
             ]
         }
-        self.check(config, "ports[1].servers[1]: ", str(self.port), ports=[other])
+        self.check(
+            config, f"ports[1].servers[1].port: 127.0.0.1:{self.port} is already used by ports[0].servers[0]"
+        )
 
 
 UP = b"up-\x00\xff-data"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import serial
@@ -16,6 +18,7 @@ from ser2tcp.config import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_SEND_TIMEOUT,
     MATCH_KEYS,
+    MAX_CONFIG_BYTES,
     SERIAL_KEYS,
     Config,
     ConfigError,
@@ -349,7 +352,7 @@ class SerialTests(ConfigTestCase):
         path = self.write('{"ports": [{"serial": {"port": "/dev/x", "baudrate": 1e999}, "servers": []}]}')
         message = self.load_error(path)
         self.assertTrue(message.startswith(f"{path}: ports[0].serial.baudrate: "), message)
-        self.assertTrue(message.endswith("(got Infinity)"), message)
+        self.assertTrue(message.endswith("got Infinity"), message)
 
     def test_bad_timeout(self) -> None:
         for key in ("timeout", "write_timeout", "inter_byte_timeout"):
@@ -561,17 +564,18 @@ class ServerTests(ConfigTestCase):
             )
 
     def test_handshake_timeout(self) -> None:
-        self.assertEqual(self.server().handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)
-        self.assertEqual(self.server(handshake_timeout=3).handshake_timeout, 3.0)
-        for value in (0, -1, "3"):
-            message = self.error(one_port(servers=[tcp(handshake_timeout=value)]))
+        tls = {"protocol": "ssl", "ssl": {"certfile": self.write("c"), "keyfile": self.write("k")}}
+        self.assertEqual(self.server(**tls).handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)
+        self.assertEqual(self.server(handshake_timeout=3, **tls).handshake_timeout, 3.0)
+        for value in (0, -1, "3", True):
+            message = self.error(one_port(servers=[tcp(handshake_timeout=value, **tls)]))
             self.assertTrue(
                 message.startswith("cfg.json: ports[0].servers[0].handshake_timeout: expected a number"),
                 message,
             )
 
     def test_endpoint(self) -> None:
-        server = self.server(endpoint="tcp:10005:interface=127.0.0.1")
+        server = ServerConfig(protocol="tcp", endpoint="tcp:10005:interface=127.0.0.1")
         self.assertEqual(server.endpoint, "tcp:10005:interface=127.0.0.1")
         self.assertEqual(server.label, "TCP tcp:10005:interface=127.0.0.1")
         # An endpoint needs neither address nor port.
@@ -587,6 +591,11 @@ class ServerTests(ConfigTestCase):
     def test_label(self) -> None:
         self.assertEqual(self.server().label, "TCP 127.0.0.1:10001")
         self.assertEqual(self.server(protocol="telnet").label, "TELNET 127.0.0.1:10001")
+
+    def test_ipv6_label_has_brackets(self) -> None:
+        # As clients are named ([::1]:43922): the port is not part of the address.
+        self.assertEqual(self.server(address="::1").label, "TCP [::1]:10001")
+        self.assertEqual(self.server(address="").label, "TCP *:10001")
 
 
 class SocketServerTests(ConfigTestCase):
@@ -782,6 +791,182 @@ class LoadConfigTests(ConfigTestCase):
     def test_no_ports(self) -> None:
         path = self.write('{"ports": []}')
         self.assertEqual(self.load_error(path), f"{path}: ports: no ports configured")
+
+
+class WrongJsonTypeTests(ConfigTestCase):
+    """Every key refuses the JSON types that would mean something else.
+
+    JSON ``true`` is a Python ``int`` and any value is truthy: without these
+    checks ``"xonxoff": "false"`` switches flow control on."""
+
+    #: key -> (a valid value, the wrong values)
+    SERIAL = {
+        "baudrate": (115200, [True, False, 9600.5, "9600", "fast", None, 0, -9600, 2**31, 2**70, [9600]]),
+        "bytesize": (8, [True, 8.0, "8", None, 9]),
+        "parity": ("N", [True, 0, None, "even"]),
+        "stopbits": (1, [True, "1", None, 3]),
+        "xonxoff": (False, ["false", "no", 0, 1, None, "true", [], {}]),
+        "rtscts": (True, ["false", 0, 1, None]),
+        "dsrdtr": (False, ["false", 0, 1, None]),
+        "exclusive": (True, ["no", 0, 1, None]),
+        "timeout": (0.5, [True, "1", -1, [1]]),
+        "write_timeout": (None, [False, "1", -0.5]),
+        "inter_byte_timeout": (1, [True, "1", {}]),
+        "dtr": (False, ["false", 0, 1, None]),
+        "rts": (True, ["false", 0, 1, None]),
+        "port": ("/dev/x", [True, 5, None, ""]),
+    }
+    #: server key -> (a server with that key valid, the wrong values)
+    SERVER = {
+        "port": (tcp(), [True, 10001.0, "10001", None, 0, 70000]),
+        "address": (tcp(), [True, 127, None, ["127.0.0.1"]]),
+        "protocol": (tcp(), [True, 1, None, ["tcp"]]),
+        "send_timeout": (tcp(send_timeout=1), [True, "5", -1]),
+        "buffer_limit": (tcp(buffer_limit=4096), [True, 1.5, "4096", -1]),
+        "rfc2217": ({"protocol": "telnet", "address": "", "port": 1, "rfc2217": True}, [0, 1, "yes", []]),
+        "mode": ({"protocol": "socket", "address": "/tmp/s"}, [True, 660, 0o660, "rw", "0999"]),
+        "endpoint": ({"protocol": "tcp", "endpoint": "tcp:7000"}, [True, 7000, ""]),
+    }
+
+    def test_valid_values_pass(self) -> None:
+        settings = {key: valid for key, (valid, _) in self.SERIAL.items()}
+        parse_config(one_port(serial_cfg=settings))
+
+    def test_serial_keys(self) -> None:
+        for key, (_, wrong) in self.SERIAL.items():
+            for value in wrong:
+                message = self.error(one_port(serial_cfg={"port": "/dev/x", key: value}))
+                self.assertTrue(
+                    message.startswith(f"cfg.json: ports[0].serial.{key}: expected "), (key, value, message)
+                )
+                self.assertIn(f"got {json.dumps(value)}", message)
+
+    def test_server_keys(self) -> None:
+        for key, (server, wrong) in self.SERVER.items():
+            for value in wrong:
+                message = self.error(one_port(servers=[{**server, key: value}]))
+                self.assertTrue(
+                    message.startswith(f"cfg.json: ports[0].servers[0].{key}: "), (key, value, message)
+                )
+
+    def test_match_keys(self) -> None:
+        for value in (True, 1.5, -1, 0x10000, None, [1]):
+            message = self.error(one_port(serial_cfg={"match": {"vid": value}}))
+            self.assertTrue(message.startswith("cfg.json: ports[0].serial.match.vid: expected "), message)
+
+    def test_large_baudrate_is_refused_before_any_client(self) -> None:
+        # termios takes a C int: larger values used to fail every open.
+        self.assertEqual(self.settings({"port": "/dev/x", "baudrate": 2**31 - 1})["baudrate"], 2**31 - 1)
+        self.assertEqual(
+            self.error(one_port(serial_cfg={"port": "/dev/x", "baudrate": 2**31})),
+            "cfg.json: ports[0].serial.baudrate: expected a whole number of bits per second, "
+            "1 to 2147483647, got 2147483648",
+        )
+
+    def test_messages_say_what_was_expected(self) -> None:
+        # Not Python's "invalid literal for int() with base 10: 'fast'".
+        message = self.error(one_port(serial_cfg={"port": "/dev/x", "baudrate": "fast"}))
+        self.assertNotIn("int()", message)
+        self.assertIn("bits per second", message)
+        message = self.error(one_port(serial_cfg={"port": "/dev/x", "inter_byte_timeout": "1"}))
+        self.assertNotIn("not supported between", message)
+
+
+class ForeignKeyTests(ConfigTestCase):
+    """A key of another protocol is an error, not silently dropped."""
+
+    def tls_files(self) -> dict[str, str]:
+        return {"certfile": self.write("cert"), "keyfile": self.write("key")}
+
+    def test_ssl_block_on_tcp_server(self) -> None:
+        for protocol in ("tcp", "telnet"):
+            self.assertEqual(
+                self.error(one_port(servers=[tcp(protocol=protocol, ssl=self.tls_files())])),
+                f"cfg.json: ports[0].servers[0].ssl: only for ssl servers, not {protocol}",
+            )
+
+    def test_tls_only_and_socket_only_keys(self) -> None:
+        self.assertEqual(
+            self.error(one_port(servers=[tcp(handshake_timeout=5)])),
+            "cfg.json: ports[0].servers[0].handshake_timeout: only for ssl servers, not tcp",
+        )
+        self.assertEqual(
+            self.error(one_port(servers=[tcp(mode="0600")])),
+            "cfg.json: ports[0].servers[0].mode: only for socket servers, not tcp",
+        )
+
+    def test_port_on_socket_server(self) -> None:
+        server = {"protocol": "socket", "address": "/tmp/s.sock", "port": 7000}
+        self.assertEqual(
+            self.error(one_port(servers=[server])),
+            "cfg.json: ports[0].servers[0].port: only for tcp and telnet and ssl servers, not socket",
+        )
+
+    def test_address_or_port_beside_endpoint(self) -> None:
+        for key, value in (("address", "127.0.0.1"), ("port", 7000)):
+            server = {"protocol": "tcp", "endpoint": "tcp:7000", key: value}
+            self.assertEqual(
+                self.error(one_port(servers=[server])),
+                f'cfg.json: ports[0].servers[0].{key}: not used with "endpoint" '
+                "(the endpoint string says where to listen)",
+            )
+        server = {"protocol": "socket", "endpoint": "unix:/tmp/s", "mode": "0600"}
+        self.assertIn(".mode: not used with", self.error(one_port(servers=[server])))
+
+    def test_null_is_absent(self) -> None:
+        # null is how JSON says "not set": no protocol is implied.
+        server = self.server(ssl=None, mode=None, handshake_timeout=None, rfc2217=False)
+        self.assertIsNone(server.ssl)
+        self.assertIsNone(server.rfc2217)
+
+
+class ConfigFileTests(ConfigTestCase):
+    def test_empty_path(self) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            load_config("")
+        self.assertEqual(str(caught.exception), "the config file path is empty (-c '')")
+
+    def test_not_a_regular_file(self) -> None:
+        # /dev/zero never ends: it must not be read at all.
+        self.assertEqual(self.load_error("/dev/zero"), "/dev/zero: cannot read config: not a regular file")
+        read, write = os.pipe()
+        self.addCleanup(os.close, read)
+        self.addCleanup(os.close, write)
+        fifo = f"/proc/self/fd/{read}"
+        self.assertEqual(self.load_error(fifo), f"{fifo}: cannot read config: not a regular file")
+
+    def test_size_limit(self) -> None:
+        ok = json.dumps(one_port())
+        path = self.write(ok + " " * (MAX_CONFIG_BYTES - len(ok)))
+        self.assertEqual(len(load_config(path).ports), 1)
+        path = self.write(ok + " " * (MAX_CONFIG_BYTES - len(ok) + 1))
+        self.assertEqual(self.load_error(path), f"{path}: config larger than 1 MiB; not reading it")
+
+
+class DuplicateListenerTests(ConfigTestCase):
+    def test_socket_path_twice(self) -> None:
+        directory = tempfile.mkdtemp(prefix="s2t")  # socket paths are short
+        self.addCleanup(shutil.rmtree, directory)
+        link = os.path.join(directory, "link")
+        os.symlink(directory, link)
+        first = {"protocol": "socket", "address": os.path.join(directory, "s.sock")}
+        second = {"protocol": "socket", "address": os.path.join(link, "s.sock")}
+        config = {"ports": [one_port()["ports"][0], one_port(servers=[first, second])["ports"][0]]}
+        self.assertEqual(
+            self.error(config),
+            f"cfg.json: ports[1].servers[1].address: {second['address']} "
+            "is already used by ports[1].servers[0]",
+        )
+
+    def test_tcp_address_twice(self) -> None:
+        config = {"ports": [one_port()["ports"][0], one_port(servers=[tcp(protocol="telnet")])["ports"][0]]}
+        self.assertEqual(
+            self.error(config),
+            "cfg.json: ports[1].servers[0].port: 127.0.0.1:10001 is already used by ports[0].servers[0]",
+        )
+
+    def test_same_port_other_address_is_fine(self) -> None:
+        parse_config(one_port(servers=[tcp(), tcp(address="127.0.0.2")]))
 
 
 # --- property: parse_config never fails with anything but a one-line ConfigError

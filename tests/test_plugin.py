@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sys
 import sysconfig
 
@@ -30,6 +31,7 @@ from .helpers import (
     run,
     tcp_server,
     wait_until,
+    write_config,
 )
 
 
@@ -70,6 +72,11 @@ class OptionsTests(Case):
     def test_missing_config(self):
         self.assertRaises(usage.UsageError, self.parse)
         self.assertRaises(usage.UsageError, self.parse, "-v")
+
+    def test_empty_config_path(self):
+        with self.assertRaises(usage.UsageError) as caught:
+            self.parse("-c", "")
+        self.assertEqual(str(caught.exception), "-c/--config: the path is empty")
 
     def test_make_service_builds_without_listening(self):
         self.addCleanup(setattr, sys, "excepthook", sys.excepthook)
@@ -167,6 +174,30 @@ class TwistTests(Case):
         lines = result.stderr.splitlines()
         self.assertEqual(len(lines), 1, result.stderr)
         self.assertIn(f"{self.path}: ports[0].servers[0]: cannot listen", lines[0])
+
+
+    def test_twistd_daemon_address_in_use_shows_the_whole_line(self):
+        # twistd reports an error of its daemonized child in 100 bytes: the
+        # listeners are probed before it forks, so the whole line is shown.
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        long_dir = os.path.join(self.dir, "a-rather-long-directory-name-for-the-config-file")
+        os.mkdir(long_dir)
+        path = write_config(
+            {"ports": [port_config(self.pty.path, tcp_server(port))]}, directory=long_dir, name="cfg.json"
+        )
+        pidfile = os.path.join(self.dir, "busy.pid")
+        argv = [TWISTD, "--pidfile", pidfile, "--logfile", os.path.join(self.dir, "busy.log")]
+        result = run([*argv, "ser2tcp", "-c", path], cwd=self.dir)
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(
+            result.stderr.splitlines(),
+            [f"{path}: ports[0].servers[0]: cannot listen on TCP 127.0.0.1:{port}: Address already in use"],
+        )
+        self.assertFalse(os.path.exists(pidfile))
 
 
 def _read(path):

@@ -334,6 +334,14 @@ class CommandTests(ServerCase):
         self.assertIn(PEER, self.logs.text(LogLevel.info))
         self.assertIn("pyserial-test", self.logs.text(LogLevel.info))
 
+    def test_long_signature_is_cut_and_escaped(self) -> None:
+        signature = b"evil\r\nW: forged line\x1b[2J" + b"A" * 1000 + b"\xff"
+        self.assertEqual(self.exchange(self.server(), SIGNATURE, signature), [])
+        (line,) = [line for line in self.logs.text(LogLevel.info).splitlines() if "signature" in line]
+        self.assertIn(r"evil\x0d\x0aW: forged line\x1b[2J", line)
+        self.assertLess(len(line), 200)
+        self.assertTrue(line.endswith("..."), line)
+
     def test_suspend_and_resume(self) -> None:
         s = self.server()
         self.assertEqual(self.exchange(s, SUSPEND), [])

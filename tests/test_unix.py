@@ -89,6 +89,16 @@ class UnixSocketServer(Case):
         self.start()
         self.assertTrue(stat.S_ISSOCK(os.stat(self.path).st_mode))
 
+    def test_default_mode_follows_the_umask(self) -> None:
+        # Without "mode" the socket is a new file like any other: a umask of
+        # 077 (or systemd's UMask=) keeps other users away from the device.
+        config = self.config({"ports": [port_config(self.pty_.path, socket_server(self.path))]})
+        for umask, expected in (("077", 0o600), ("027", 0o640), ("002", 0o664)):
+            d = self.daemon(["sh", "-c", f'umask {umask} && exec "$0" -c "$1" -v', SER2TCP, config])
+            d.wait_output(f"Listening: SOCKET {self.path}\n")
+            self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), expected, umask)
+            self.assertEqual(d.stop(), 0)
+
     def test_socat(self) -> None:
         reason = missing("socat")
         if reason:
