@@ -19,7 +19,11 @@ from typing import Any
 
 import serial
 
+from .ipfilter import IpFilter, parse_network
+
 PROTOCOLS = ("tcp", "telnet", "ssl", "socket")
+#: Other spellings of a protocol: the newer original ser2tcp says "tls".
+PROTOCOL_ALIASES = {"tls": "ssl"}
 
 PARITY_NAMES = {
     "NONE": serial.PARITY_NONE,
@@ -97,7 +101,22 @@ SERVER_KEYS = (
     "ssl",
     "mode",
     "handshake_timeout",
+    "tls",
+    "allow",
+    "deny",
+    "max_connections",
+    "on_full",
+    "access",
+    "keepalive",
+    "half_close",
 )
+
+PORT_KEYS = ("serial", "servers", "max_connections")
+
+#: What a server's clients may do: read and write, only read, only write.
+ACCESS_MODES = ("rw", "ro", "wo")
+#: What a server at its connection limit does with one more client.
+ON_FULL = ("refuse", "kick_oldest")
 
 #: Largest config file read: a config is a few KiB; anything this big is a mistake.
 MAX_CONFIG_BYTES = 1 << 20
@@ -106,12 +125,18 @@ MAX_CONFIG_BYTES = 1 << 20
 PROTOCOL_ONLY = {
     "port": ("tcp", "telnet", "ssl"),
     "ssl": ("ssl",),
+    "tls": ("ssl",),
     "handshake_timeout": ("ssl",),
     "mode": ("socket",),
+    "allow": ("tcp", "telnet", "ssl"),
+    "deny": ("tcp", "telnet", "ssl"),
+    "keepalive": ("tcp", "telnet", "ssl"),
 }
 
 DEFAULT_SEND_TIMEOUT = 5.0
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_KEEPALIVE = 60.0
+DEFAULT_HALF_CLOSE = 2.0
 
 
 class ConfigError(Exception):
@@ -128,6 +153,8 @@ class SslConfig:
     certfile: str
     keyfile: str
     ca_certs: str | None = None
+    #: Client certificate Common Names let in (None: any the CA signed).
+    allow_client_cn: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +173,17 @@ class ServerConfig:
     #: RFC 2217 on a TELNET server: None (off) or what to do with a client's
     #: settings: "apply", "ignore" (acknowledge, keep ours) or "reject".
     rfc2217: str | None = None
+    #: Which peers may connect.
+    ipfilter: IpFilter = IpFilter()
+    #: Most clients at once (0: no limit), and what one more client does.
+    max_connections: int = 0
+    on_full: str = "refuse"
+    #: "rw", "ro" (input discarded) or "wo" (sent nothing).
+    access: str = "rw"
+    #: Seconds until a peer that vanished silently is dropped (None: off).
+    keepalive: float | None = DEFAULT_KEEPALIVE
+    #: Seconds a client that shut down its sending side still receives.
+    half_close: float = DEFAULT_HALF_CLOSE
     #: Where this server stands in the config, for messages.
     where: str = ""
 
@@ -187,6 +225,8 @@ class SerialConfig:
 class PortConfig:
     serial: SerialConfig
     servers: tuple[ServerConfig, ...]
+    #: Most clients of all its servers together (0: no limit).
+    max_connections: int = 0
     where: str = ""
 
 
@@ -305,6 +345,21 @@ def _symbolic(key: str, value: Any, at: str) -> Any:
     return value
 
 
+def _count(value: Any, where: str) -> int:
+    """A number of connections: a whole number >= 0 (0, like null, is no limit)."""
+    if value is None:
+        return 0
+    if not _is_int(value) or value < 0:
+        raise _Invalid(where, f"expected a whole number >= 0 (0: no limit), got {_show(value)}")
+    return int(value)
+
+
+def _choice(value: Any, choices: Sequence[str], where: str) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise _Invalid(where, "expected one of " + ", ".join(choices) + f", got {_show(value)}")
+    return value
+
+
 def _check_setting(key: str, value: Any, at: str) -> None:
     """Refuse a serial setting of the wrong JSON type.
 
@@ -379,7 +434,7 @@ class _Parser:
     def port(self, data: Any, where: str) -> PortConfig:
         if not isinstance(data, dict):
             raise _Invalid(where, f"expected an object, got {_show(data)}")
-        self.warn_unknown(data, ("serial", "servers"), where)
+        self.warn_unknown(data, PORT_KEYS, where)
         for key in ("serial", "servers"):
             if key not in data:
                 raise _Invalid(where, f'missing "{key}"')
@@ -391,6 +446,7 @@ class _Parser:
         return PortConfig(
             serial=self.serial(data["serial"], f"{where}.serial"),
             servers=tuple(self.server(s, f"{where}.servers[{i}]") for i, s in enumerate(servers)),
+            max_connections=_count(data.get("max_connections"), f"{where}.max_connections"),
             where=where,
         )
 
@@ -456,14 +512,16 @@ class _Parser:
             raise _Invalid(where, f"expected an object, got {_show(data)}")
         self.warn_unknown(data, SERVER_KEYS, where)
         if "protocol" not in data:
-            raise _Invalid(where, 'missing "protocol" (one of ' + ", ".join(PROTOCOLS) + ")")
+            raise _Invalid(
+                where, 'missing "protocol" (one of ' + ", ".join((*PROTOCOLS, *PROTOCOL_ALIASES)) + ")"
+            )
         protocol = data["protocol"]
-        if not isinstance(protocol, str) or protocol.lower() not in PROTOCOLS:
+        if not isinstance(protocol, str) or protocol.lower() not in (*PROTOCOLS, *PROTOCOL_ALIASES):
             raise _Invalid(
                 f"{where}.protocol",
-                "expected one of " + ", ".join(PROTOCOLS) + f", got {_show(protocol)}",
+                "expected one of " + ", ".join((*PROTOCOLS, *PROTOCOL_ALIASES)) + f", got {_show(protocol)}",
             )
-        protocol = protocol.lower()
+        protocol = PROTOCOL_ALIASES.get(protocol.lower(), protocol.lower())
         self.check_belongs(data, protocol, where)
         kw: dict[str, Any] = {"protocol": protocol, "where": where}
 
@@ -518,10 +576,14 @@ class _Parser:
             kw["handshake_timeout"] = float(handshake_timeout)
 
         if protocol == "ssl":
-            kw["ssl"] = self.ssl(data.get("ssl"), f"{where}.ssl")
+            kw["ssl"] = self.tls_block(data, where)
+
+        kw.update(self.admission(data, where))
 
         if data.get("rfc2217") is not None and data["rfc2217"] is not False:
             kw["rfc2217"] = self.rfc2217(data["rfc2217"], protocol, f"{where}.rfc2217")
+            if kw["access"] == "ro":
+                kw["rfc2217"] = "ignore"  # an observer changes nothing on the port
 
         if data.get("mode") is not None:
             mode = data["mode"]
@@ -550,6 +612,54 @@ class _Parser:
                     raise _Invalid(
                         _at(where, key), 'not used with "endpoint" (the endpoint string says where to listen)'
                     )
+
+    def admission(self, data: Mapping[str, Any], where: str) -> dict[str, Any]:
+        """Who may connect, how many, what they may do, and how long a
+        silent or half-closed peer is kept."""
+        kw: dict[str, Any] = {}
+        lists = {}
+        for key in ("allow", "deny"):
+            lists[key] = self.networks(data.get(key), _at(where, key))
+        kw["ipfilter"] = IpFilter.from_lists(**lists)
+        kw["max_connections"] = _count(data.get("max_connections"), f"{where}.max_connections")
+        kw["on_full"] = _choice(data.get("on_full", "refuse"), ON_FULL, f"{where}.on_full")
+        kw["access"] = _choice(data.get("access", "rw"), ACCESS_MODES, f"{where}.access")
+        keepalive = data.get("keepalive", DEFAULT_KEEPALIVE)
+        if keepalive is not None and (not _is_number(keepalive) or keepalive < 0):
+            raise _Invalid(
+                f"{where}.keepalive", f"expected a number of seconds >= 0 or null, got {_show(keepalive)}"
+            )
+        kw["keepalive"] = float(keepalive) if keepalive else None
+        half_close = data.get("half_close", DEFAULT_HALF_CLOSE)
+        if not _is_number(half_close) or half_close < 0:
+            raise _Invalid(
+                f"{where}.half_close", f"expected a number of seconds >= 0, got {_show(half_close)}"
+            )
+        kw["half_close"] = float(half_close)
+        return kw
+
+    def networks(self, data: Any, where: str) -> list[str]:
+        if data is None:
+            return []
+        if not isinstance(data, list):
+            raise _Invalid(
+                where, f'expected a list of IP addresses or networks ("10.0.0.0/8"), got {_show(data)}'
+            )
+        for i, entry in enumerate(data):
+            if not isinstance(entry, str):
+                raise _Invalid(f"{where}[{i}]", f"expected an IP address or network, got {_show(entry)}")
+            try:
+                parse_network(entry)
+            except ValueError:
+                raise _Invalid(f"{where}[{i}]", f"not an IP address or network: {_show(entry)}") from None
+        return data
+
+    def tls_block(self, data: Mapping[str, Any], where: str) -> SslConfig:
+        """The ``ssl`` block, or ``tls`` as the newer original spells it."""
+        if data.get("ssl") is not None and data.get("tls") is not None:
+            raise _Invalid(f"{where}.tls", 'give "ssl" or "tls", not both')
+        key = "tls" if data.get("tls") is not None else "ssl"
+        return self.ssl(data.get(key), _at(where, key))
 
     def rfc2217(self, data: Any, protocol: str, where: str) -> str:
         if protocol != "telnet":
@@ -584,7 +694,7 @@ class _Parser:
     def ssl(self, data: Any, where: str) -> SslConfig:
         if not isinstance(data, dict):
             raise _Invalid(where, 'protocol "ssl" requires "ssl": {"certfile": ..., "keyfile": ...}')
-        self.warn_unknown(data, ("certfile", "keyfile", "ca_certs"), where)
+        self.warn_unknown(data, ("certfile", "keyfile", "ca_certs", "allow_client_cn"), where)
         files = {}
         for key in ("certfile", "keyfile", "ca_certs"):
             value = data.get(key)
@@ -606,4 +716,12 @@ class _Parser:
             except (ValueError, UnicodeError):
                 raise _Invalid(f"{where}.{key}", f"not a valid file name: {_show(value)}") from None
             files[key] = value
-        return SslConfig(**files)
+        names = data.get("allow_client_cn")
+        if names is None:
+            return SslConfig(**files)
+        at = f"{where}.allow_client_cn"
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise _Invalid(at, f"expected a list of certificate Common Names, got {_show(names)}")
+        if "ca_certs" not in files:
+            raise _Invalid(at, 'needs "ca_certs": without client certificates there is no name to check')
+        return SslConfig(**files, allow_client_cn=tuple(names))

@@ -463,13 +463,14 @@ class ServerTests(ConfigTestCase):
         del server["protocol"]
         self.assertEqual(
             self.error(one_port(servers=[server])),
-            'cfg.json: ports[0].servers[0]: missing "protocol" (one of tcp, telnet, ssl, socket)',
+            'cfg.json: ports[0].servers[0]: missing "protocol" (one of tcp, telnet, ssl, socket, tls)',
         )
 
     def test_unknown_protocol(self) -> None:
         self.assertEqual(
             self.error(one_port(servers=[tcp(protocol="udp")])),
-            'cfg.json: ports[0].servers[0].protocol: expected one of tcp, telnet, ssl, socket, got "udp"',
+            "cfg.json: ports[0].servers[0].protocol: "
+            'expected one of tcp, telnet, ssl, socket, tls, got "udp"',
         )
         message = self.error(one_port(servers=[tcp(protocol=6)]))
         self.assertTrue(

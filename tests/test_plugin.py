@@ -175,7 +175,6 @@ class TwistTests(Case):
         self.assertEqual(len(lines), 1, result.stderr)
         self.assertIn(f"{self.path}: ports[0].servers[0]: cannot listen", lines[0])
 
-
     def test_twistd_daemon_address_in_use_shows_the_whole_line(self):
         # twistd reports an error of its daemonized child in 100 bytes: the
         # listeners are probed before it forks, so the whole line is shown.
