@@ -35,6 +35,10 @@ log = _log.logger("hub")
 MODEM_POLL_INTERVAL = 0.5
 
 
+def _send_nothing(data: bytes) -> None:
+    """The deliver method of a write-only session."""
+
+
 class State(enum.Enum):
     CLOSED = "closed"
     OPENING = "opening"
@@ -95,6 +99,8 @@ class PortHub:
         self._modem_watchers: list[Callable[[dict[str, bool]], None]] = []
         self._modem_poll: task.LoopingCall | None = None
         self._modem_last: dict[str, bool] | None = None
+        # Read-only sessions -> bytes of input they sent that were discarded.
+        self._discarded: dict[IClientSession, int] = {}
 
     @property
     def name(self) -> str:
@@ -102,10 +108,15 @@ class PortHub:
 
     # clients
 
-    def attach(self, session: IClientSession) -> None:
-        """A client joined: it reads once the device is open and not busy."""
-        self.sessions[session] = session.deliver
-        self._deliver = list(self.sessions.values())
+    def attach(self, session: IClientSession, access: str = "rw") -> None:
+        """A client joined: it reads once the device is open and not busy.
+
+        ``access`` "ro": what it sends is discarded (counted); "wo": it is
+        sent nothing from the device."""
+        self.sessions[session] = _send_nothing if access == "wo" else session.deliver
+        if access == "ro":
+            self._discarded[session] = 0
+        self._deliver = [d for d in self.sessions.values() if d is not _send_nothing]
         if not self._reading:
             session.pause_reading()
         if self.state is State.CLOSED:
@@ -116,13 +127,30 @@ class PortHub:
         if session not in self.sessions:
             return
         del self.sessions[session]
-        self._deliver = list(self.sessions.values())
+        self._forget_read_only(session)
+        self._deliver = [d for d in self.sessions.values() if d is not _send_nothing]
         if not self.sessions and self.state is State.OPEN:
             self._close()
+
+    def _forget_read_only_all(self, sessions: list[IClientSession]) -> None:
+        for session in sessions:
+            self._forget_read_only(session)
+
+    def _forget_read_only(self, session: IClientSession) -> None:
+        discarded = self._discarded.pop(session, 0)
+        if discarded:
+            log.info(
+                "Client {peer}: {n} byte(s) of input discarded (read-only server)",
+                peer=session.peer,
+                n=discarded,
+            )
 
     def from_client(self, session: IClientSession, data: bytes) -> None:
         if session not in self.sessions:
             return  # closed by the hub (device lost), still read while it flushes
+        if session in self._discarded:
+            self._discarded[session] += len(data)
+            return
         if _log.trace_data:
             log.debug("{session.peer} -> {port}: {data!r}", session=session, port=self.name, data=data)
         if self.state is State.OPEN:
@@ -143,6 +171,7 @@ class PortHub:
     def shutdown(self) -> None:
         """Abort every client and close the device now (daemon stopping)."""
         sessions, self.sessions = list(self.sessions), {}
+        self._forget_read_only_all(sessions)
         for session in sessions:
             session.abort("ser2tcp is stopping")
         self._modem_watchers.clear()
@@ -229,6 +258,7 @@ class PortHub:
         self._backlog.clear()
         why = failure.getErrorMessage()
         sessions, self.sessions = list(self.sessions), {}
+        self._forget_read_only_all(sessions)
         self._deliver = []
         log.warn(
             "Serial {port}: cannot open: {why} (refusing {n} client(s))",
@@ -267,6 +297,7 @@ class PortHub:
                 n=len(self.sessions),
             )
             sessions, self.sessions = list(self.sessions), {}
+            self._forget_read_only_all(sessions)
             self._deliver = []
             for session in sessions:
                 session.close(f"serial port {self.name} lost: {why}")

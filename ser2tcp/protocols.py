@@ -11,16 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.address import UNIXAddress
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import _log
+from .admission import Admission, Refusal
 from .config import ServerConfig
 from .hub import PortHub
 from .interface import IClientSession
 from .outbox import Outbox
+from .sockopts import set_keepalive
 
 log = _log.logger("client")
 
@@ -40,12 +42,14 @@ def describe_peer(address: Any) -> str:
     return str(address)
 
 
-@implementer(IClientSession)
+@implementer(IClientSession, IHalfCloseableProtocol)
 class RawClient(Protocol):
     """A client whose bytes pass to and from the device unchanged."""
 
     outbox: Outbox | None = None
     joined = False
+    factory: ClientFactory | None = None
+    _half_closed: IDelayedCall | None = None
 
     def __init__(self, hub: PortHub, server: ServerConfig, clock: IReactorTime) -> None:
         self.hub = hub
@@ -65,10 +69,9 @@ class RawClient(Protocol):
         set_no_delay = getattr(transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
+        set_keepalive(transport, self.server.keepalive)
         # The hot path: device data goes straight to the outbox.
         self.deliver = self.outbox.send  # type: ignore[method-assign]
-        if _log.info:
-            log.info("Client connected: {peer} to {port}", peer=self.peer, port=self.hub.name)
         self.ready()
 
     def ready(self) -> None:
@@ -86,18 +89,58 @@ class RawClient(Protocol):
     def join(self) -> None:
         """Become a session of the hub: from now on device data flows."""
         self.joined = True
-        self.hub.attach(self)
+        self.hub.attach(self, self.server.access)
+        if self.factory is not None:
+            self.factory.admission.joined(self)
+        if _log.info:
+            n = len(self.hub.sessions)
+            log.info(
+                "Client connected: {peer} to {port} ({n} client{s})",
+                peer=self.peer,
+                port=self.hub.name,
+                n=n,
+                s="" if n == 1 else "s",
+            )
 
     def dataReceived(self, data: bytes) -> None:
         self.hub.from_client(self, data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._half_closed is not None:
+            if self._half_closed.active():
+                self._half_closed.cancel()
+            self._half_closed = None
+        if self.factory is not None:
+            self.factory.admission.released(self)
         if self.outbox is not None:
             self.outbox.stopProducing()
         if self.joined:
             self.hub.detach(self)
         if _log.info:
             log.info("Client disconnected: {peer}", peer=self.peer)
+
+    # IHalfCloseableProtocol
+
+    def readConnectionLost(self) -> None:
+        """The client shut down its sending side (``socat``, ``nc`` at the
+        end of their input): it still wants the device's answer, so it stays
+        a client for ``half_close`` seconds.  Not longer: a client that
+        closed completely looks the same until we next write to it, and it
+        must not hold the device open forever."""
+        if self.outbox is None or self._half_closed is not None:
+            return
+        if self.server.half_close:
+            self._half_closed = self.clock.callLater(self.server.half_close, self._end_half_close)
+        else:
+            self._end_half_close()
+
+    def _end_half_close(self) -> None:
+        self._half_closed = None
+        assert self.outbox is not None
+        self.outbox.finish()  # what was queued goes out, then FIN; connectionLost detaches
+
+    def writeConnectionLost(self) -> None:
+        pass  # we never shut down our sending side alone
 
     # IClientSession
 
@@ -123,6 +166,15 @@ class RawClient(Protocol):
         # A program could take any byte for device data: say nothing.
         self.close(why)
 
+    def disconnect(self, why: str) -> None:
+        """End this session on purpose (another client took its place):
+        leave the port at once, tell a person why, close after flushing."""
+        if self.joined:
+            self.hub.detach(self)
+        if _log.info:
+            log.info("Client disconnected: {peer}: {why}", peer=self.peer, why=why)
+        self.refuse(why)
+
     def abort(self, why: str) -> None:
         self.joined = False
         if self.outbox is not None:
@@ -133,16 +185,61 @@ class RawClient(Protocol):
         log.info("Client dropped: {peer}: {why}", peer=self.peer, why=why)
 
 
+class Refused(Protocol):
+    """What a refused connection gets: nothing (or one line for a person),
+    then the end.  Returned instead of ``None``, which would leave a TLS
+    connection hanging."""
+
+    def __init__(self, line: bytes | None, abort: bool) -> None:
+        self.line = line
+        self.abort = abort
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        if self.line:
+            transport.write(self.line)
+        if self.abort:
+            transport.abortConnection()  # type: ignore[attr-defined]
+        else:
+            transport.loseConnection()
+
+
 class ClientFactory(Factory):
-    """Builds the protocol of one server for each accepted connection."""
+    """Builds the protocol of one server for each accepted connection, once
+    admission has let it in."""
 
     protocol_class: type[RawClient] = RawClient
     noisy = False  # no "Starting factory" lines: listeners log themselves
 
-    def __init__(self, hub: PortHub, server: ServerConfig, clock: IReactorTime) -> None:
+    def __init__(
+        self, hub: PortHub, server: ServerConfig, clock: IReactorTime, admission: Admission | None = None
+    ) -> None:
         self.hub = hub
         self.server = server
         self.clock = clock
+        self.admission = admission if admission is not None else Admission(server)
 
-    def buildProtocol(self, addr: Any) -> RawClient:
-        return self.protocol_class(self.hub, self.server, self.clock)
+    def buildProtocol(self, addr: Any) -> Protocol:
+        try:
+            self.admission.check(getattr(addr, "host", None))
+        except Refusal as refusal:
+            log.info(
+                "Client {kind}: {peer} {proto} to {port} ({why})",
+                kind="denied" if refusal.kind == "denied" else "refused",
+                peer=describe_peer(addr),
+                proto=self.server.protocol.upper(),
+                port=self.hub.name,
+                why=refusal.why,
+            )
+            line = self.refusal_line(f"port busy: {refusal.why}") if refusal.kind == "full" else None
+            # TLS: refused before the handshake, so without a byte.
+            return Refused(line, abort=self.server.protocol == "ssl")
+        protocol = self.protocol_class(self.hub, self.server, self.clock)
+        protocol.factory = self
+        self.admission.admitted(protocol)
+        return protocol
+
+    def refusal_line(self, why: str) -> bytes | None:
+        """What a refused client is told: nothing, for programs."""
+        return None

@@ -15,6 +15,7 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IProtocolFactory
 
 from . import _log
+from .admission import Admission, PortCount
 from .config import Config, ConfigError, PortConfig, ServerConfig
 from .hub import PortHub
 from .listeners import ListenerService, StartupError, make_endpoint
@@ -26,26 +27,28 @@ log = _log.logger("service")
 #: How long stopping waits for serial ports to close.
 STOP_TIMEOUT = 0.8
 
-FactoryBuilder = Callable[[PortHub, ServerConfig, Any], IProtocolFactory]
+FactoryBuilder = Callable[[PortHub, ServerConfig, Any, Admission], IProtocolFactory]
 
 
-def _raw_factory(hub: PortHub, server: ServerConfig, reactor: Any) -> IProtocolFactory:
-    return ClientFactory(hub, server, reactor)
+def _raw_factory(hub: PortHub, server: ServerConfig, reactor: Any, admission: Admission) -> IProtocolFactory:
+    return ClientFactory(hub, server, reactor, admission)
 
 
-def _telnet_factory(hub: PortHub, server: ServerConfig, reactor: Any) -> IProtocolFactory:
+def _telnet_factory(
+    hub: PortHub, server: ServerConfig, reactor: Any, admission: Admission
+) -> IProtocolFactory:
     from .telnet import TelnetFactory
 
-    return TelnetFactory(hub, server, reactor)
+    return TelnetFactory(hub, server, reactor, admission)
 
 
-def _tls_factory(hub: PortHub, server: ServerConfig, reactor: Any) -> IProtocolFactory:
+def _tls_factory(hub: PortHub, server: ServerConfig, reactor: Any, admission: Admission) -> IProtocolFactory:
     # pyOpenSSL and cryptography weigh a dozen MiB: loaded only when used.
     from .tls import TlsFactory, certificate_options, wrap_tls
 
     assert server.ssl is not None
     options = certificate_options(server.ssl, f"{server.where}.ssl")
-    return wrap_tls(TlsFactory(hub, server, reactor), options, reactor)
+    return wrap_tls(TlsFactory(hub, server, reactor, admission), options, reactor)
 
 
 #: protocol name -> how its client factory is built
@@ -66,8 +69,9 @@ class PortService(MultiService):
         self.reactor = reactor
         self.link = SerialLink(port.serial, reactor)
         self.hub = PortHub(self.link, reactor)
+        count = PortCount(port.max_connections)
         for server in port.servers:
-            factory = FACTORIES[server.protocol](self.hub, server, reactor)
+            factory = FACTORIES[server.protocol](self.hub, server, reactor, Admission(server, count))
             ListenerService(make_endpoint(reactor, server), factory, server).setServiceParent(self)
 
     @defer.inlineCallbacks

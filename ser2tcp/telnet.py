@@ -153,9 +153,17 @@ class TelnetClient(RawClient, telnet.Telnet):
 
     def refuse(self, why: str) -> None:
         # People read TELNET: tell them why, in one line.
-        self._write(f"ser2tcp: {why}\r\n".encode(errors="replace").replace(b"\xff", b"\xff\xff"))
+        self._write(telnet_line(why))
         RawClient.refuse(self, why)
+
+
+def telnet_line(why: str) -> bytes:
+    """One line for the person at a TELNET client, IAC escaped."""
+    return f"ser2tcp: {why}\r\n".encode(errors="replace").replace(b"\xff", b"\xff\xff")
 
 
 class TelnetFactory(ClientFactory):
     protocol_class = TelnetClient
+
+    def refusal_line(self, why: str) -> bytes | None:
+        return telnet_line(why)

@@ -23,6 +23,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import _log
 from .config import ConfigError, SslConfig
 from .protocols import ClientFactory, RawClient, log
 
@@ -93,6 +94,8 @@ class TlsClient(RawClient):
     _handshake_timer: IDelayedCall | None = None
 
     def ready(self) -> None:
+        if _log.info:
+            log.info("Client {peer}: waiting for its TLS handshake", peer=self.peer)
         self._handshake_timer = self.clock.callLater(self.server.handshake_timeout, self._handshake_expired)
 
     def handshakeCompleted(self) -> None:
@@ -100,7 +103,26 @@ class TlsClient(RawClient):
         if self.transport is None or self.transport.disconnecting:  # type: ignore[attr-defined]
             return
         log.info("Client {peer}: TLS handshake completed", peer=self.peer)
+        refusal = self._name_refusal()
+        if refusal is not None:
+            log.info("Client rejected: {peer} ({why})", peer=self.peer, why=refusal)
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
         self.join()
+
+    def _name_refusal(self) -> str | None:
+        """Why the client's certificate name is not let in, or None.  The CA
+        has verified the certificate already; this narrows who of its
+        holders may use this server."""
+        assert self.server.ssl is not None
+        names = self.server.ssl.allow_client_cn
+        if names is None:
+            return None
+        cert = self.transport.getPeerCertificate()  # type: ignore[union-attr]
+        cn = cert.get_subject().commonName if cert is not None else None
+        if cn in names:
+            return None
+        return f"client certificate CN {cn!r} not in allow_client_cn"
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None

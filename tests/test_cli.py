@@ -253,7 +253,7 @@ class LogLevelTests(Case):
 
     def test_verbose_logs_clients(self):
         log, client, device = self.run_session("-v")
-        self.assertIn(f"I: Client connected: 127.0.0.1:{client} TCP to {device}\n", log)
+        self.assertIn(f"I: Client connected: 127.0.0.1:{client} TCP to {device} (1 client)\n", log)
         self.assertIn(f"I: Client disconnected: 127.0.0.1:{client} TCP\n", log)
         self.assertNotIn("D:", log)
         self.assertNotIn("down-data", log)

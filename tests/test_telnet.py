@@ -79,7 +79,7 @@ class FakeHub:
         self.detached: list[Any] = []
         self.received: list[bytes] = []
 
-    def attach(self, session: Any) -> None:
+    def attach(self, session: Any, access: str = "rw") -> None:
         self.attached.append(session)
 
     def detach(self, session: Any) -> None:

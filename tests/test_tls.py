@@ -400,7 +400,7 @@ class TlsDaemon(Case):
         assert self.tcp_port is not None
         silent = self.connect(self.port)
         connected_at = time.monotonic()
-        self.d.wait_output("Client connected")
+        self.d.wait_output("waiting for its TLS handshake")
         tcp = self.connect(self.tcp_port)
         self.d.wait_holds(self.pty_.path)
         self.pty_.write(b"\xffdata\x00")
@@ -435,7 +435,7 @@ class TlsDaemon(Case):
     def test_sigterm_with_handshake_pending(self) -> None:
         self.start()
         silent = self.connect(self.port)
-        self.d.wait_output("Client connected")
+        self.d.wait_output("waiting for its TLS handshake")
         started = time.monotonic()
         self.assertEqual(self.d.stop(timeout=5), 0)
         self.assertLess(time.monotonic() - started, 1.5)
