@@ -970,6 +970,112 @@ class DuplicateListenerTests(ConfigTestCase):
         parse_config(one_port(servers=[tcp(), tcp(address="127.0.0.2")]))
 
 
+class AccessConfigTests(ConfigTestCase):
+    def test_defaults(self) -> None:
+        server = self.server()
+        self.assertFalse(server.ipfilter.active)
+        self.assertEqual((server.max_connections, server.on_full, server.access), (0, "refuse", "rw"))
+        self.assertEqual((server.keepalive, server.half_close), (60.0, 2.0))
+        self.assertEqual(parse_config(one_port()).ports[0].max_connections, 0)
+
+    def test_values(self) -> None:
+        server = self.server(
+            allow=["10.0.0.0/8", "::1"],
+            deny=["10.9.0.0/16"],
+            max_connections=1,
+            on_full="kick_oldest",
+            access="ro",
+            keepalive=None,
+            half_close=0,
+        )
+        self.assertIsNone(server.ipfilter.refusal("10.1.1.1"))
+        self.assertEqual(server.ipfilter.refusal("10.9.1.1"), "deny 10.9.0.0/16")
+        self.assertEqual((server.max_connections, server.on_full, server.access), (1, "kick_oldest", "ro"))
+        self.assertEqual((server.keepalive, server.half_close), (None, 0.0))
+        self.assertIsNone(self.server(keepalive=0).keepalive)
+        self.assertEqual(parse_config(one_port(max_connections=3)).ports[0].max_connections, 3)
+
+    def test_bad_values(self) -> None:
+        for key, value, problem in (
+            ("allow", "10.0.0.0/8", "expected a list of IP addresses or networks"),
+            ("deny", [5], "[0]: expected an IP address or network, got 5"),
+            ("allow", ["10.0.0.300/8"], '[0]: not an IP address or network: "10.0.0.300/8"'),
+            ("deny", ["::1", "foo"], '[1]: not an IP address or network: "foo"'),
+            ("max_connections", -1, "expected a whole number >= 0"),
+            ("max_connections", True, "expected a whole number >= 0"),
+            ("on_full", "kick", 'expected one of refuse, kick_oldest, got "kick"'),
+            ("access", "none", 'expected one of rw, ro, wo, got "none"'),
+            ("access", True, "expected one of rw, ro, wo, got true"),
+            ("keepalive", "60", "expected a number of seconds >= 0 or null"),
+            ("keepalive", True, "expected a number of seconds >= 0 or null"),
+            ("half_close", None, "expected a number of seconds >= 0, got null"),
+            ("half_close", -1, "expected a number of seconds >= 0"),
+        ):
+            message = self.error(one_port(servers=[tcp(**{key: value})]))
+            self.assertTrue(message.startswith(f"cfg.json: ports[0].servers[0].{key}"), message)
+            self.assertIn(problem, message)
+        message = self.error(one_port(max_connections="2"))
+        self.assertTrue(message.startswith("cfg.json: ports[0].max_connections: expected a whole number"))
+
+    def test_ip_rules_mean_nothing_on_unix_sockets(self) -> None:
+        for key in ("allow", "deny", "keepalive"):
+            server = {
+                "protocol": "socket",
+                "address": "/tmp/s.sock",
+                key: ["::1"] if key != "keepalive" else 5,
+            }
+            self.assertEqual(
+                self.error(one_port(servers=[server])),
+                f"cfg.json: ports[0].servers[0].{key}: only for tcp and telnet and ssl servers, not socket",
+            )
+
+    def test_read_only_rfc2217_changes_nothing(self) -> None:
+        server = self.server(protocol="telnet", access="ro", rfc2217={"settings": "apply"})
+        self.assertEqual(server.rfc2217, "ignore")
+
+
+class TlsSpellingTests(ConfigTestCase):
+    def files(self, **extra: Any) -> dict[str, Any]:
+        return {"certfile": self.write("c"), "keyfile": self.write("k"), **extra}
+
+    def test_tls_is_ssl(self) -> None:
+        files = self.files()
+        for spelling in ({"protocol": "tls", "tls": files}, {"protocol": "TLS", "ssl": files}):
+            server = self.server(**spelling)
+            self.assertEqual(server.protocol, "ssl")
+            self.assertEqual(server.ssl, SslConfig(**files))
+
+    def test_both_blocks(self) -> None:
+        files = self.files()
+        self.assertEqual(
+            self.error(one_port(servers=[tcp(protocol="tls", tls=files, ssl=files)])),
+            'cfg.json: ports[0].servers[0].tls: give "ssl" or "tls", not both',
+        )
+
+    def test_tls_block_on_plain_server(self) -> None:
+        self.assertEqual(
+            self.error(one_port(servers=[tcp(tls=self.files())])),
+            "cfg.json: ports[0].servers[0].tls: only for ssl servers, not tcp",
+        )
+
+    def test_allow_client_cn(self) -> None:
+        files = self.files(ca_certs=self.write("ca"), allow_client_cn=["alice", "Bob"])
+        self.assertEqual(self.server(protocol="tls", tls=files).ssl.allow_client_cn, ("alice", "Bob"))
+
+    def test_allow_client_cn_needs_ca_certs(self) -> None:
+        self.assertEqual(
+            self.error(one_port(servers=[tcp(protocol="tls", tls=self.files(allow_client_cn=["alice"]))])),
+            'cfg.json: ports[0].servers[0].tls.allow_client_cn: needs "ca_certs": '
+            "without client certificates there is no name to check",
+        )
+
+    def test_bad_allow_client_cn(self) -> None:
+        for value in ("alice", [""], [5], {}):
+            files = self.files(ca_certs=self.write("ca"), allow_client_cn=value)
+            message = self.error(one_port(servers=[tcp(protocol="ssl", ssl=files)]))
+            self.assertIn("ssl.allow_client_cn: expected a list of certificate Common Names", message)
+
+
 # --- property: parse_config never fails with anything but a one-line ConfigError
 
 _scalars = st.one_of(
