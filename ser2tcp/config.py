@@ -222,6 +222,20 @@ class SerialConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """A port log: everything the device sends, appended to ``path``."""
+
+    path: str
+    #: Each line starts with an ISO-8601 UTC time with milliseconds, and
+    #: events (clients, device opened/lost) get marker lines; without it the
+    #: file is the device's bytes, exactly.
+    timestamps: bool = True
+    #: Rotate at this size (0: never): ``path.1`` ... ``path.<backups>``.
+    max_bytes: int = 10 * 1024 * 1024
+    backups: int = 5
+
+
+@dataclass(frozen=True)
 class PortConfig:
     serial: SerialConfig
     servers: tuple[ServerConfig, ...]
