@@ -14,7 +14,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import serial
@@ -109,9 +109,30 @@ SERVER_KEYS = (
     "access",
     "keepalive",
     "half_close",
+    "replay",
 )
 
-PORT_KEYS = ("serial", "servers", "max_connections")
+PORT_KEYS = (
+    "serial",
+    "servers",
+    "max_connections",
+    "name",
+    "open",
+    "on_loss",
+    "reopen_interval",
+    "log",
+    "scrollback",
+)
+LOG_KEYS = ("path", "timestamps", "max_bytes", "backups")
+
+#: When a port's device is open: while it has clients, or all the time.
+OPEN_MODES = ("on_demand", "always")
+#: What a lost device does to its clients: close them, or hold them while
+#: the device is reopened.
+ON_LOSS = ("close", "hold")
+#: A port's name: what logs, status and metrics call it.
+NAME = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+DEFAULT_REOPEN_INTERVAL = 1.0
 
 #: What a server's clients may do: read and write, only read, only write.
 ACCESS_MODES = ("rw", "ro", "wo")
@@ -137,6 +158,8 @@ DEFAULT_SEND_TIMEOUT = 5.0
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_KEEPALIVE = 60.0
 DEFAULT_HALF_CLOSE = 2.0
+#: Largest scrollback: it is kept in memory, once per port.
+MAX_SCROLLBACK = 64 * 1024 * 1024
 
 
 class ConfigError(Exception):
@@ -184,6 +207,8 @@ class ServerConfig:
     keepalive: float | None = DEFAULT_KEEPALIVE
     #: Seconds a client that shut down its sending side still receives.
     half_close: float = DEFAULT_HALF_CLOSE
+    #: A joining client is sent the port's scrollback first.
+    replay: bool = False
     #: Where this server stands in the config, for messages.
     where: str = ""
 
@@ -241,6 +266,15 @@ class PortConfig:
     servers: tuple[ServerConfig, ...]
     #: Most clients of all its servers together (0: no limit).
     max_connections: int = 0
+    #: What logs, status and metrics call the port (unique in a config).
+    name: str = ""
+    open: str = "on_demand"
+    on_loss: str = "close"
+    #: Seconds between two tries to open an absent device.
+    reopen_interval: float = DEFAULT_REOPEN_INTERVAL
+    log: LogConfig | None = None
+    #: Bytes of device output kept for joining clients (0: none).
+    scrollback: int = 0
     where: str = ""
 
 
@@ -415,6 +449,44 @@ def _check_listeners_unique(ports: Sequence[PortConfig]) -> None:
             seen[place] = server.where
 
 
+def _derived_name(serial: SerialConfig) -> str:
+    """A port's name when the config gives none: the device's file name
+    (``ttyUSB0``), the URL's scheme and place (``socket-host-7000``), or for
+    ``match`` the criteria (``usb-0x303A-AB12``)."""
+    if serial.match is not None:
+        text = "usb-" + "-".join(serial.match.values())
+    else:
+        port = str(serial.settings.get("port", "port"))
+        text = port.replace("://", "-") if "://" in port else os.path.basename(port.rstrip("/"))
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:60]
+    return text or "port"
+
+
+def _name_ports(ports: tuple[PortConfig, ...]) -> tuple[PortConfig, ...]:
+    """Every port named, names unique: a given name is the user's and must
+    be unique; a derived one gets ``-2``, ``-3``... if taken."""
+    taken: dict[str, str] = {}
+    for port in ports:
+        if port.name:
+            if port.name in taken:
+                raise _Invalid(
+                    f"{port.where}.name", f"{port.name!r} is already the name of {taken[port.name]}"
+                )
+            taken[port.name] = port.where
+    named = []
+    for port in ports:
+        if not port.name:
+            base = _derived_name(port.serial)
+            name, n = base, 1
+            while name in taken:
+                n += 1
+                name = f"{base}-{n}"
+            taken[name] = port.where
+            port = replace(port, name=name)
+        named.append(port)
+    return tuple(named)
+
+
 class _Parser:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -443,7 +515,7 @@ class _Parser:
             raise _Invalid(where, "no ports configured")
         parsed = tuple(self.port(p, f"{where}[{i}]" if where else f"[{i}]") for i, p in enumerate(ports))
         _check_listeners_unique(parsed)
-        return parsed
+        return _name_ports(parsed)
 
     def port(self, data: Any, where: str) -> PortConfig:
         if not isinstance(data, dict):
@@ -457,12 +529,57 @@ class _Parser:
             raise _Invalid(f"{where}.servers", f"expected a list, got {_show(servers)}")
         if not servers:
             self.warnings.append(f"{self.source}: {where}.servers: empty, nobody can reach this port")
+        name = data.get("name")
+        if name is not None and (not isinstance(name, str) or not NAME.match(name)):
+            raise _Invalid(
+                f"{where}.name", f"expected 1-64 characters of A-Z a-z 0-9 . _ -, got {_show(name)}"
+            )
+        interval = data.get("reopen_interval", DEFAULT_REOPEN_INTERVAL)
+        if not _is_number(interval) or interval <= 0:
+            raise _Invalid(
+                f"{where}.reopen_interval", f"expected a number of seconds > 0, got {_show(interval)}"
+            )
+        scrollback = data.get("scrollback", 0)
+        if not _is_int(scrollback) or not 0 <= scrollback <= MAX_SCROLLBACK:
+            raise _Invalid(
+                f"{where}.scrollback",
+                f"expected a number of bytes 0-{MAX_SCROLLBACK}, got {_show(scrollback)}",
+            )
         return PortConfig(
             serial=self.serial(data["serial"], f"{where}.serial"),
             servers=tuple(self.server(s, f"{where}.servers[{i}]") for i, s in enumerate(servers)),
             max_connections=_count(data.get("max_connections"), f"{where}.max_connections"),
+            name=name or "",
+            open=_choice(data.get("open", "on_demand"), OPEN_MODES, f"{where}.open"),
+            on_loss=_choice(data.get("on_loss", "close"), ON_LOSS, f"{where}.on_loss"),
+            reopen_interval=float(interval),
+            log=self.log(data.get("log"), f"{where}.log"),
+            scrollback=scrollback,
             where=where,
         )
+
+    def log(self, data: Any, where: str) -> LogConfig | None:
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            raise _Invalid(where, f'expected {{"path": ...}}, got {_show(data)}')
+        self.warn_unknown(data, LOG_KEYS, where)
+        path = data.get("path")
+        if not isinstance(path, str) or not path:
+            raise _Invalid(f"{where}.path", f"expected a file path, got {_show(path)}")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise _Invalid(f"{where}.path", f"the directory {directory} does not exist")
+        timestamps = data.get("timestamps", True)
+        if not isinstance(timestamps, bool):
+            raise _Invalid(f"{where}.timestamps", f"expected true or false, got {_show(timestamps)}")
+        sizes = {}
+        for key, default in (("max_bytes", LogConfig.max_bytes), ("backups", LogConfig.backups)):
+            value = data.get(key, default)
+            if not _is_int(value) or value < 0:
+                raise _Invalid(f"{where}.{key}", f"expected a whole number >= 0, got {_show(value)}")
+            sizes[key] = value
+        return LogConfig(path=path, timestamps=timestamps, **sizes)
 
     def serial(self, data: Any, where: str) -> SerialConfig:
         if not isinstance(data, dict):
@@ -650,6 +767,10 @@ class _Parser:
                 f"{where}.half_close", f"expected a number of seconds >= 0, got {_show(half_close)}"
             )
         kw["half_close"] = float(half_close)
+        replay = data.get("replay", False)
+        if not isinstance(replay, bool):
+            raise _Invalid(f"{where}.replay", f"expected true or false, got {_show(replay)}")
+        kw["replay"] = replay
         return kw
 
     def networks(self, data: Any, where: str) -> list[str]:
