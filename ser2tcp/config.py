@@ -449,15 +449,16 @@ def _check_listeners_unique(ports: Sequence[PortConfig]) -> None:
             seen[place] = server.where
 
 
-def _derived_name(serial: SerialConfig) -> str:
-    """A port's name when the config gives none: the device's file name
-    (``ttyUSB0``), the URL's scheme and place (``socket-host-7000``), or for
-    ``match`` the criteria (``usb-0x303A-AB12``)."""
+def derived_name(serial: SerialConfig) -> str:
+    """A port's name when the config gives none: the device path without
+    ``/dev/`` (``ttyUSB0``, ``pts-3``), the URL's scheme and place
+    (``socket-host-7000``), or for ``match`` the criteria
+    (``usb-0x303A-AB12``)."""
     if serial.match is not None:
         text = "usb-" + "-".join(serial.match.values())
     else:
         port = str(serial.settings.get("port", "port"))
-        text = port.replace("://", "-") if "://" in port else os.path.basename(port.rstrip("/"))
+        text = port.replace("://", "-") if "://" in port else port.removeprefix("/dev/")
     text = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:60]
     return text or "port"
 
@@ -476,7 +477,7 @@ def _name_ports(ports: tuple[PortConfig, ...]) -> tuple[PortConfig, ...]:
     named = []
     for port in ports:
         if not port.name:
-            base = _derived_name(port.serial)
+            base = derived_name(port.serial)
             name, n = base, 1
             while name in taken:
                 n += 1

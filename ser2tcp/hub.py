@@ -16,7 +16,7 @@ and the device is an :class:`ISerialLink`, so it is tested with fakes.
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from typing import Any, Callable
 
 from twisted.internet import defer, error, task
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
@@ -25,14 +25,31 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import _log
+from .config import PortConfig, SerialConfig
 from .fastpath import immediate_writer
-from .interface import IClientSession, ISerialControl, ISerialLink
+from .interface import IClientSession, IDeviceTap, ISerialControl, ISerialLink
+from .portstats import PortStats
+from .reopen import Reopener
+from .scrollback import Scrollback
+from .serial_control import SETTINGS
 
 log = _log.logger("hub")
 
 #: Seconds between two looks at the modem lines, while an RFC 2217 client
 #: wants to hear about them.
 MODEM_POLL_INTERVAL = 0.5
+
+
+def _in_effect(control: ISerialControl | None) -> dict[str, Any] | None:
+    """The settings and modem lines of an open device, to reopen it with."""
+    if control is None:
+        return None
+    try:
+        state: dict[str, Any] = dict(control.settings())
+    except Exception:  # a device that is gone may not answer
+        return None
+    state.update(dtr=control.dtr, rts=control.rts)
+    return {k: v for k, v in state.items() if k in (*SETTINGS, "dtr", "rts")}
 
 
 def _send_nothing(data: bytes) -> None:
@@ -43,6 +60,9 @@ class State(enum.Enum):
     CLOSED = "closed"
     OPENING = "opening"
     OPEN = "open"
+    #: The device is gone (or not there yet) and is being reopened, while
+    #: its clients wait (``on_loss: hold``).
+    HELD = "held"
     CLOSING = "closing"
 
 
@@ -77,11 +97,27 @@ class _DeviceProtocol(Protocol):
 
 
 class PortHub:
-    def __init__(self, link: ISerialLink, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self, link: ISerialLink, clock: IReactorTime | None = None, config: PortConfig | None = None
+    ) -> None:
         if clock is None:
             from twisted.internet import reactor as clock  # type: ignore[assignment]
         self.link = link
         self.clock = clock
+        config = config if config is not None else PortConfig(serial=SerialConfig(), servers=())
+        self.name = config.name or link.name
+        self.keep_open = config.open == "always"
+        self.hold = config.on_loss == "hold"
+        self.stats = PortStats()
+        self.taps: list[IDeviceTap] = []
+        self.scrollback = Scrollback(config.scrollback) if config.scrollback else None
+        if self.scrollback is not None:
+            self.taps.append(self.scrollback)
+        self._reopen = Reopener(self, config.reopen_interval)
+        # Settings and lines in effect when the device was lost, to open it
+        # again with (RFC 2217 clients may have changed them).
+        self._in_effect: dict[str, Any] | None = None
+        self._discarded_held = 0
         self.state = State.CLOSED
         # session -> its deliver method; insertion-ordered, with O(1)
         # membership for the client data path.
@@ -102,17 +138,27 @@ class PortHub:
         # Read-only sessions -> bytes of input they sent that were discarded.
         self._discarded: dict[IClientSession, int] = {}
 
-    @property
-    def name(self) -> str:
-        return self.link.name
+    def start(self) -> None:
+        """The daemon started: an always-open port opens its device now."""
+        if self.keep_open and self.state is State.CLOSED:
+            self._open()
+
+    def retry_open(self) -> None:
+        """The reopen timer fired: try the absent device again."""
+        if self.state in (State.CLOSED, State.HELD):
+            self._open()
 
     # clients
 
-    def attach(self, session: IClientSession, access: str = "rw") -> None:
+    def attach(self, session: IClientSession, access: str = "rw", replay: bool = False) -> None:
         """A client joined: it reads once the device is open and not busy.
 
         ``access`` "ro": what it sends is discarded (counted); "wo": it is
-        sent nothing from the device."""
+        sent nothing from the device.  ``replay``: it gets the scrollback
+        first, in this same reactor turn, so nothing is missed or doubled."""
+        if replay and self.scrollback is not None and access != "wo":
+            session.deliver(self.scrollback.contents())
+        self._event(f"client {session.peer} connected")
         self.sessions[session] = _send_nothing if access == "wo" else session.deliver
         if access == "ro":
             self._discarded[session] = 0
@@ -128,9 +174,15 @@ class PortHub:
             return
         del self.sessions[session]
         self._forget_read_only(session)
+        self._event(f"client {session.peer} disconnected")
         self._deliver = [d for d in self.sessions.values() if d is not _send_nothing]
-        if not self.sessions and self.state is State.OPEN:
+        if self.sessions or self.keep_open:
+            return
+        if self.state is State.OPEN:
             self._close()
+        elif self.state is State.HELD:
+            self._reopen.stop()  # nobody waits for the device any more
+            self.state = State.CLOSED
 
     def _forget_read_only_all(self, sessions: list[IClientSession]) -> None:
         for session in sessions:
@@ -151,10 +203,13 @@ class PortHub:
         if session in self._discarded:
             self._discarded[session] += len(data)
             return
+        self.stats.bytes_to_device += len(data)
         if _log.trace_data:
             log.debug("{session.peer} -> {port}: {data!r}", session=session, port=self.name, data=data)
         if self.state is State.OPEN:
             self._write_device(data)
+        elif self.state is State.HELD:
+            self._discarded_held += len(data)  # no device to take it
         else:
             # Read before the gate closed (e.g. in the same chunk as the TLS
             # handshake): keep it for the device rather than losing it.
@@ -165,8 +220,20 @@ class PortHub:
     def from_device(self, data: bytes) -> None:
         if _log.trace_data:
             log.debug("{port} -> clients: {data!r}", port=self.name, data=data)
+        self.stats.bytes_from_device += len(data)
+        for tap in self.taps:
+            tap.device_data(data)
         for deliver in self._deliver:
             deliver(data)
+
+    def _event(self, text: str) -> None:
+        for tap in self.taps:
+            tap.event(text)
+
+    def _notice(self, text: str) -> None:
+        """Tell the people among the clients (TELNET) what happened."""
+        for session in list(self.sessions):
+            session.notice(text)
 
     def shutdown(self) -> None:
         """Abort every client and close the device now (daemon stopping)."""
@@ -179,9 +246,14 @@ class PortHub:
             self._modem_poll.stop()
             self._modem_poll = None
         self._deliver = []
+        self._reopen.stop()
+        for tap in self.taps:
+            tap.close()
         if self.state in (State.OPEN, State.CLOSING):
             self._closing_on_purpose = True
             self.link.close(abort=True)
+        elif self.state is State.HELD:
+            self.state = State.CLOSED
 
     @property
     def control(self) -> ISerialControl | None:
@@ -230,7 +302,10 @@ class PortHub:
     def _open(self) -> None:
         self.state = State.OPENING
         protocol = _DeviceProtocol(self)
-        d = self.link.open(protocol)
+        if self._in_effect is not None:
+            d = self.link.open(protocol, self._in_effect)
+        else:
+            d = self.link.open(protocol)
         d.addCallbacks(self._opened, self._open_failed, callbackArgs=(protocol,))
 
     def _opened(self, device: ITransport, protocol: _DeviceProtocol) -> None:
@@ -240,32 +315,54 @@ class PortHub:
         self._closing_on_purpose = False
         self._device_busy = False
         self.state = State.OPEN
-        log.info("Serial {port} opened", port=self.name)
+        self.stats.opened(getattr(self.link, "device_path", None), self.clock.seconds())
+        self._reopen.succeeded()
+        log.info("Serial {port} opened: {device}", port=self.name, device=self.stats.device or self.link.name)
+        self._event(f"device opened: {self.stats.device or self.link.name}")
+        if self._in_effect is not None:
+            self._in_effect = None
+            self._notice(f"serial port {self.name} is back")
+            if self._discarded_held:
+                log.info(
+                    "Serial {port}: {n} byte(s) of client input discarded while the device was away",
+                    port=self.name,
+                    n=self._discarded_held,
+                )
+                self.stats.discarded_while_held += self._discarded_held
+                self._discarded_held = 0
         device.registerProducer(_ClientGate(self), True)  # type: ignore[attr-defined]
         backlog, self._backlog = self._backlog, []
         for data in backlog:
             self._write_device(data)
-        if not self.sessions:
+        if not self.sessions and not self.keep_open:
             self._close()
             return
         self._update_reading()
 
     def _open_failed(self, failure: Failure) -> None:
+        self.stats.device_open_failures += 1
+        why = failure.getErrorMessage()
+        if self.keep_open or (self.hold and self.sessions):
+            # Try again while the device is absent; clients wait if held.
+            self._reopen.failed(why)
+            if self.hold and self.sessions:
+                self.state = State.HELD
+                return
         self.state = State.CLOSED
         waiting, self._waiting_closed = self._waiting_closed, []
         for d in waiting:
             d.callback(None)
         self._backlog.clear()
-        why = failure.getErrorMessage()
         sessions, self.sessions = list(self.sessions), {}
         self._forget_read_only_all(sessions)
         self._deliver = []
-        log.warn(
-            "Serial {port}: cannot open: {why} (refusing {n} client(s))",
-            port=self.name,
-            why=why,
-            n=len(sessions),
-        )
+        if sessions or not self.keep_open:
+            log.warn(
+                "Serial {port}: cannot open: {why} (refusing {n} client(s))",
+                port=self.name,
+                why=why,
+                n=len(sessions),
+            )
         for session in sessions:
             session.refuse(f"cannot open serial port {self.name}: {why}")
 
@@ -278,18 +375,26 @@ class PortHub:
     def _device_closed(self, protocol: _DeviceProtocol, reason: Failure | None) -> None:
         if protocol is not self._protocol:
             return
+        in_effect = _in_effect(self.control)
         self.link.closed()
         self._device = None
         self._protocol = None
         on_purpose, self._closing_on_purpose = self._closing_on_purpose, False
         self.state = State.CLOSED
+        self.stats.closed()
         if on_purpose:
             log.info("Serial {port} closed", port=self.name)
+            self._event("device closed")
         else:
             if reason is None or reason.check(error.ConnectionDone):
                 why = "device hung up"
             else:
                 why = reason.getErrorMessage()
+            self.stats.device_losses += 1
+            self._event(f"device lost: {why}")
+            if self.hold and (self.sessions or self.keep_open):
+                self._held(why, in_effect)
+                return
             log.warn(
                 "Serial {port} lost: {why} (closing {n} client(s))",
                 port=self.name,
@@ -304,12 +409,29 @@ class PortHub:
         waiting, self._waiting_closed = self._waiting_closed, []
         for d in waiting:
             d.callback(None)
-        if self.sessions:
+        if self.keep_open and not on_purpose:
+            self._reopen.failed(why)
+        elif self.sessions:
             self._open()  # clients came while the device was closing
         else:
             # Nobody is left to want what was sent meanwhile.
             self._backlog.clear()
             self._reading = False
+
+    def _held(self, why: str, in_effect: dict[str, Any] | None) -> None:
+        """The device went away but its clients stay: reopen it with the
+        settings and lines in effect, every ``reopen_interval``."""
+        log.warn(
+            "Serial {port} lost: {why} (holding {n} client(s) while it is reopened)",
+            port=self.name,
+            why=why,
+            n=len(self.sessions),
+        )
+        self._in_effect = in_effect
+        self.state = State.HELD
+        self._backlog.clear()
+        self._notice(f"serial port {self.name} lost: {why}; waiting for it")
+        self._reopen.failed(why, quiet=True)
 
     def _set_device_busy(self, busy: bool) -> None:
         if busy != self._device_busy:
@@ -317,7 +439,9 @@ class PortHub:
             self._update_reading()
 
     def _update_reading(self) -> None:
-        reading = self.state is State.OPEN and not self._device_busy
+        # While held, clients are read (and their input discarded) so that
+        # nothing they type now reaches the device when it comes back.
+        reading = self.state in (State.OPEN, State.HELD) and not self._device_busy
         if reading == self._reading:
             return
         self._reading = reading

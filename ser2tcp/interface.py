@@ -39,14 +39,21 @@ class IClientSession(Interface):
     def abort(why: str) -> None:
         """Close at once, discarding anything queued (shutdown)."""
 
+    def notice(text: str) -> None:
+        """Tell a person what happened to the port (device lost, back):
+        TELNET clients get one line; programs get nothing."""
+
 
 class ISerialLink(Interface):
     """Opens and closes one serial device on behalf of its hub."""
 
     name = Attribute("str: the device as configured, for logs")
 
-    def open(protocol):  # type: ignore[no-untyped-def]
+    def open(protocol, in_effect=None):  # type: ignore[no-untyped-def]
         """Resolve the device and open it with ``protocol`` attached.
+
+        ``in_effect``: settings and lines (``dtr``, ``rts``) to open it with
+        instead of the configured ones: those in effect when it was lost.
 
         Returns a Deferred firing with the device transport, or failing with
         an exception whose text says why the device could not be opened."""
@@ -84,3 +91,18 @@ class ISerialControl(Interface):
 
     def purge(receive: bool, transmit: bool) -> None:
         """Discard device input and/or output not yet transferred."""
+
+
+class IDeviceTap(Interface):
+    """A subscriber to a port's device data that is not a client: a port log,
+    the scrollback.  No flow control toward it: it must never block the data
+    path nor be a reason to pause the device."""
+
+    def device_data(data: bytes) -> None:
+        """Bytes the device sent, in order.  Never raises."""
+
+    def event(text: str) -> None:
+        """Something happened on the port ("device opened", "client ... connected")."""
+
+    def close() -> None:
+        """The port stops: release what is held."""

@@ -89,7 +89,7 @@ class RawClient(Protocol):
     def join(self) -> None:
         """Become a session of the hub: from now on device data flows."""
         self.joined = True
-        self.hub.attach(self, self.server.access)
+        self.hub.attach(self, self.server.access, self.server.replay)
         if self.factory is not None:
             self.factory.admission.joined(self)
         if _log.info:
@@ -165,6 +165,9 @@ class RawClient(Protocol):
     def refuse(self, why: str) -> None:
         # A program could take any byte for device data: say nothing.
         self.close(why)
+
+    def notice(self, text: str) -> None:
+        pass  # a program could take any byte for device data
 
     def disconnect(self, why: str) -> None:
         """End this session on purpose (another client took its place):

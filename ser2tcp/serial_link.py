@@ -27,7 +27,7 @@ from twisted.internet.serialport import SerialPort
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .config import SerialConfig
+from .config import LINE_KEYS, SerialConfig
 from .interface import ISerialLink
 from .serial_control import SerialControl
 from .threaded_serial import ThreadedSerialTransport
@@ -114,25 +114,30 @@ class SerialLink:
         self._reactor = reactor
         self._comports = comports
         self.transport: Any = None
+        #: The device path of the last open (``match`` resolved).
+        self.device_path: str | None = None
         self._close_timer: Any = None
 
-    def open(self, protocol: Protocol) -> defer.Deferred[Any]:
+    def open(self, protocol: Protocol, in_effect: Mapping[str, Any] | None = None) -> defer.Deferred[Any]:
+        settings, lines = dict(self.config.settings), dict(self.config.lines)
+        for key, value in (in_effect or {}).items():
+            (lines if key in LINE_KEYS else settings)[key] = value
         try:
-            settings = dict(self.config.settings)
             if self.config.match is not None:
                 settings["port"] = find_device(self.config.match, self._comports)
             port = settings["port"]
+            self.device_path = port
             if is_url(port) or os.name == "nt":
                 d = threads.deferToThreadPool(
                     self._reactor,
                     self._reactor.getThreadPool(),  # type: ignore[attr-defined]
                     _open_pyserial,
                     settings,
-                    self.config.lines,
+                    lines,
                 )
                 d.addCallback(self._attach_threaded, protocol)
                 return d
-            self.transport = FdSerialPort(protocol, settings, self.config.lines, self._reactor)
+            self.transport = FdSerialPort(protocol, settings, lines, self._reactor)
         except Exception as e:
             return defer.fail(_OpenError(_describe(e)))
         return defer.succeed(self.transport)

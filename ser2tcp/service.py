@@ -68,11 +68,15 @@ class PortService(MultiService):
         self.config = port
         self.reactor = reactor
         self.link = SerialLink(port.serial, reactor)
-        self.hub = PortHub(self.link, reactor)
+        self.hub = PortHub(self.link, reactor, port)
         count = PortCount(port.max_connections)
         for server in port.servers:
             factory = FACTORIES[server.protocol](self.hub, server, reactor, Admission(server, count))
             ListenerService(make_endpoint(reactor, server), factory, server).setServiceParent(self)
+
+    def startService(self) -> None:
+        super().startService()  # listeners first: a bind failure stops the start
+        self.hub.start()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:

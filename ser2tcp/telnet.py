@@ -151,6 +151,9 @@ class TelnetClient(RawClient, telnet.Telnet):
             self.com_port = None
             self._notify_modem = False
 
+    def notice(self, text: str) -> None:
+        self._write(telnet_line(text))
+
     def refuse(self, why: str) -> None:
         # People read TELNET: tell them why, in one line.
         self._write(telnet_line(why))

@@ -31,6 +31,8 @@ from typing import Any, Callable
 from twisted.internet import defer, task
 from twisted.trial.unittest import FailTest, SynchronousTestCase
 
+from ser2tcp.config import SerialConfig, derived_name
+
 #: The repository root (the parent of tests/).
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Console scripts of the interpreter running the tests.
@@ -98,6 +100,11 @@ def write_config(data: Any, directory: str | None = None, name: str = "ser2tcp.j
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f)
     return path
+
+
+def port_name(device: str) -> str:
+    """What the daemon calls a port on ``device`` when the config names none."""
+    return derived_name(SerialConfig(settings={"port": device}))
 
 
 def tcp_server(port: int, address: str = "127.0.0.1", **extra: Any) -> dict[str, Any]:

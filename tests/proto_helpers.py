@@ -50,7 +50,7 @@ class InstantLink:
         self.protocol: Any = None
         self.opened = 0
 
-    def open(self, protocol: Any) -> defer.Deferred[Any]:
+    def open(self, protocol: Any, in_effect: Any = None) -> defer.Deferred[Any]:
         self.opened += 1
         if self.fail is not None:
             return defer.fail(OSError(2, self.fail))

@@ -18,6 +18,7 @@ from .helpers import (
     free_port,
     listening_anywhere,
     port_config,
+    port_name,
     recv_exactly,
     run,
     tcp_server,
@@ -253,7 +254,7 @@ class LogLevelTests(Case):
 
     def test_verbose_logs_clients(self):
         log, client, device = self.run_session("-v")
-        self.assertIn(f"I: Client connected: 127.0.0.1:{client} TCP to {device} (1 client)\n", log)
+        self.assertIn(f"I: Client connected: 127.0.0.1:{client} TCP to {port_name(device)} (1 client)\n", log)
         self.assertIn(f"I: Client disconnected: 127.0.0.1:{client} TCP\n", log)
         self.assertNotIn("D:", log)
         self.assertNotIn("down-data", log)
@@ -268,4 +269,4 @@ class LogLevelTests(Case):
         self.assertEqual(len(up), 1, log)
         self.assertEqual(len(down), 1, log)
         self.assertIn(f"127.0.0.1:{client}", up[0])
-        self.assertIn(device, down[0])
+        self.assertIn(port_name(device), down[0])

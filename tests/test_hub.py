@@ -27,12 +27,14 @@ class FakeLink:
         self.closes: list[bool] = []
         self.closed_calls = 0
         self.device: StringTransport | None = None
+        self.in_effect: list[Any] = []
 
     # ISerialLink
 
-    def open(self, protocol: Protocol) -> defer.Deferred[Any]:
+    def open(self, protocol: Protocol, in_effect: Any = None) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = defer.Deferred()
         self.opens.append((protocol, d))
+        self.in_effect.append(in_effect)
         return d
 
     def close(self, abort: bool = False) -> None:
@@ -94,6 +96,9 @@ class FakeSession:
 
     def abort(self, why: str) -> None:
         self.events.append(("abort", why))
+
+    def notice(self, text: str) -> None:
+        self.events.append(("notice", text))
 
     def ends(self) -> list[tuple[str, ...]]:
         """The close/refuse/abort calls this session got."""

@@ -23,6 +23,7 @@ from .helpers import (
     free_port,
     has_ipv6_loopback,
     port_config,
+    port_name,
     recv_each,
     recv_exactly,
     recv_until_closed,
@@ -57,7 +58,7 @@ class Base(Case):
         """``n`` clients, all attached to the open device (needs -v)."""
         socks = [self.connect(port, **kw) for _ in range(n)]
         daemon.wait_output("Client connected", n)
-        daemon.wait_output(f"Serial {pty.path} opened")
+        daemon.wait_output(f"Serial {port_name(pty.path)} opened")
         return socks
 
 
@@ -161,7 +162,7 @@ class LazyOpenTests(Base):
         self.assertTrue(daemon.holds(pty.path), "closed while a client is still connected")
         second.close()
         daemon.wait_holds(pty.path, held=False)
-        daemon.wait_output(f"Serial {pty.path} closed")
+        daemon.wait_output(f"Serial {port_name(pty.path)} closed")
         self.assertFalse(pty.slave_open())
 
         # and opened again by the next client
@@ -203,7 +204,7 @@ class SlowClientTests(Base):
         stuck = self.connect(port, rcvbuf=4096)
         fast = self.connect(port)
         daemon.wait_output("Client connected", 2)
-        daemon.wait_output(f"Serial {pty.path} opened")
+        daemon.wait_output(f"Serial {port_name(pty.path)} opened")
         data = os.urandom(self.STREAM)
         writer = Background(pty.write, data, self.deadline(60))
         got = recv_exactly(fast, len(data), self.deadline(60))
@@ -310,8 +311,8 @@ class UnplugTests(Base):
         for sock in socks:
             received, how = recv_until_closed(sock, self.deadline())
             self.assertEqual((received, how), (b"", "eof"))
-        log = daemon.wait_output(f"Serial {link} lost")
-        self.assertRegex(log, rf"(?m)^W: Serial {re.escape(link)} lost: .*3 client")
+        log = daemon.wait_output(f"Serial {port_name(link)} lost")
+        self.assertRegex(log, rf"(?m)^W: Serial {re.escape(port_name(link))} lost: .*3 client")
         daemon.wait_holds(first.path, held=False)
         self.assertTrue(daemon.running())
         daemon.wait_listening([port])
@@ -325,7 +326,7 @@ class UnplugTests(Base):
         second.write(b"down again")
         self.assertEqual(recv_exactly(sock, 10, self.deadline()), b"down again")
         self.assertEqual(second.speeds(), (termios.B115200, termios.B115200))
-        self.assertEqual(daemon.output().count(f"Serial {link} opened"), 2)
+        self.assertEqual(daemon.output().count(f"Serial {port_name(link)} opened"), 2)
 
     def test_open_failure_refuses_clients_and_the_daemon_goes_on(self):
         tmp = self.tempdir()
@@ -341,7 +342,7 @@ class UnplugTests(Base):
         for attempt in (1, 2):
             sock = self.connect(bad_port)
             self.assertEqual(recv_until_closed(sock, self.deadline()), (b"", "eof"))
-            log = daemon.wait_output(f"Serial {missing}: cannot open", attempt)
+            log = daemon.wait_output(f"Serial {port_name(missing)}: cannot open", attempt)
         warnings = [line for line in log.splitlines() if missing in line]
         self.assertEqual(len(warnings), 2, log)
         for line in warnings:
@@ -430,7 +431,7 @@ class ManyClientsTests(Base):
         for sock in socks:
             self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), 0)
         daemon.wait_output("Client connected", 100)
-        daemon.wait_output(f"Serial {pty.path} opened")
+        daemon.wait_output(f"Serial {port_name(pty.path)} opened")
         pty.write(b"!")
         self.assertEqual(recv_each(socks, 1, self.deadline()), [b"!"] * 100)
 

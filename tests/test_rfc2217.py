@@ -39,7 +39,17 @@ from ser2tcp.protocols import RawClient
 from ser2tcp.rfc2217 import ComPortServer
 from ser2tcp.serial_control import SerialControl
 from ser2tcp.telnet import TelnetClient
-from tests.helpers import Case, Pty, free_port, port_config, recv_exactly, tcp_server, ticks, wait_until
+from tests.helpers import (
+    Case,
+    Pty,
+    free_port,
+    port_config,
+    port_name,
+    recv_exactly,
+    tcp_server,
+    ticks,
+    wait_until,
+)
 from tests.proto_helpers import InstantLink
 from tests.test_serial_control import LogCapture, opened_fake
 
@@ -1113,7 +1123,7 @@ class PtyDaemonTests(DaemonTests):
         ser.write(b"one")
         self.assertEqual(pty.read(3), b"one")
         ser.close()
-        daemon.wait_output(f"Serial {pty.path} closed")
+        daemon.wait_output(f"Serial {port_name(pty.path)} closed")
         ser.baudrate = 57600
         ser.open()
         self.assertEqual(pty.speeds(), (termios.B57600, termios.B57600))
@@ -1122,7 +1132,7 @@ class PtyDaemonTests(DaemonTests):
         pty.write(b"back")
         self.assertEqual(ser.read(4), b"back")
         self.assertFalse(ser.cts)
-        daemon.wait_output(f"Serial {pty.path} opened", count=2)
+        daemon.wait_output(f"Serial {port_name(pty.path)} opened", count=2)
 
     def test_monitor_with_ignore_policy_keeps_the_session(self) -> None:
         pty = self.pty()

@@ -52,6 +52,7 @@ from tests.helpers import (
     fd_links,
     free_port,
     port_config,
+    port_name,
     recv_each,
     recv_exactly,
     recv_until_closed,
@@ -911,7 +912,7 @@ class ClientFaultTests(RobustCase):
                 else:
                     reset(sock)
             disconnected += len(leavers)
-            self.assertEqual(self.daemon_.output().count(f"Serial {url} opened"), round_ - 1)
+            self.assertEqual(self.daemon_.output().count(f"Serial {port_name(url)} opened"), round_ - 1)
             # Let the daemon's connect() through: its SYN is retried.
             queued, _ = device.accept()
             queued.close()
@@ -919,7 +920,7 @@ class ClientFaultTests(RobustCase):
             far, _ = device.accept()
             self.addCleanup(far.close)
             far.settimeout(TIMEOUT)
-            self.daemon_.wait_output(f"Serial {url} opened", round_)
+            self.daemon_.wait_output(f"Serial {port_name(url)} opened", round_)
             self.daemon_.wait_output("Client disconnected", disconnected)
             if stayer is not None:
                 stayer.sendall(b"<stayed>")
@@ -928,7 +929,7 @@ class ClientFaultTests(RobustCase):
                 far.sendall(data)
                 self.assertSame(recv_exactly(stayer, len(data), self.deadline()), data, "the stayer")
                 stayer.close()
-            self.daemon_.wait_output(f"Serial {url} closed", round_)
+            self.daemon_.wait_output(f"Serial {port_name(url)} closed", round_)
             self.assertEqual(recv_until_closed(far, self.deadline()), (b"", "eof"))
             far.close()
         self.wait_fds(busy)
@@ -1047,7 +1048,7 @@ class DeviceFaultTests(RobustCase):
         wait_until(lambda: not os.path.exists(link), what="the pty node to vanish")
         for i, proto in enumerate(PROTOCOLS):
             self.assert_refused(proto, "cannot open serial port")
-            log = self.daemon_.wait_output(f"W: Serial {link}: cannot open", i + 1)
+            log = self.daemon_.wait_output(f"W: Serial {port_name(link)}: cannot open", i + 1)
             self.wait_fds()
         self.assertEqual(log.count("cannot open"), len(PROTOCOLS), log)
         self.assertTrue(self.daemon_.running())
@@ -1066,7 +1067,7 @@ class DeviceFaultTests(RobustCase):
         self.start(device=gone, protocols=("tcp", "telnet", "socket", "ssl"), send_timeout=600)
         for i, proto in enumerate(("tcp", "telnet", "socket", "ssl")):
             self.assert_refused(proto, "cannot open serial port")
-            self.daemon_.wait_output(f"W: Serial {gone}: cannot open", i + 1)
+            self.daemon_.wait_output(f"W: Serial {port_name(gone)}: cannot open", i + 1)
             self.wait_fds(timeout=20)
         self.assert_clean_log()
 
@@ -1091,7 +1092,7 @@ class DeviceFaultTests(RobustCase):
                 sock.sendall(b"must not reach the file\n")
                 self.assertEqual(recv_until_closed(sock, self.deadline()), (b"", "eof"))
                 sock.close()
-                self.daemon_.wait_output(f"W: Serial {path}: cannot open", attempt)
+                self.daemon_.wait_output(f"W: Serial {port_name(path)}: cannot open", attempt)
                 self.wait_fds()
             self.assertTrue(self.daemon_.running())
         with open(regular, "rb") as f:
@@ -1259,7 +1260,7 @@ class LostDeviceTlsTests(RobustCase):
             _, how = recv_until_closed(sock, self.deadline(), limit=MiB)
             self.assertIn(how, ("eof", "reset"))
             sock.close()
-        self.daemon_.wait_output(f"W: Serial {pty.path} lost")
+        self.daemon_.wait_output(f"W: Serial {port_name(pty.path)} lost")
         self.wait_fds(timeout=20)
         self.assert_clean_log()
 

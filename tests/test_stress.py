@@ -36,7 +36,7 @@ import threading
 import time
 
 from ser2tcp.telnet_codec import escape
-from tests.helpers import TIMEOUT, recv_each, recv_until_closed, ticks, wait_until
+from tests.helpers import TIMEOUT, port_name, recv_each, recv_until_closed, ticks, wait_until
 from tests.test_robustness import (
     ALL_BYTES,
     PROTOCOLS,
@@ -168,7 +168,7 @@ class UnplugTests(RobustCase):
                 t.join(TIMEOUT)
             for sock in socks:
                 sock.close()
-            self.daemon_.wait_output(f"W: Serial {link} lost", round_, timeout=30)
+            self.daemon_.wait_output(f"W: Serial {port_name(link)} lost", round_, timeout=30)
             self.wait_fds()  # every client and the lost device released
             self.plug(link)
         elapsed = time.monotonic() - started

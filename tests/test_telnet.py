@@ -79,7 +79,7 @@ class FakeHub:
         self.detached: list[Any] = []
         self.received: list[bytes] = []
 
-    def attach(self, session: Any, access: str = "rw") -> None:
+    def attach(self, session: Any, access: str = "rw", replay: bool = False) -> None:
         self.attached.append(session)
 
     def detach(self, session: Any) -> None:

@@ -30,6 +30,7 @@ from tests.helpers import (
     Pty,
     free_port,
     port_config,
+    port_name,
     recv_exactly,
     recv_until_closed,
     run,
@@ -314,7 +315,7 @@ class TlsDaemon(Case):
         path = self.start_on_unix_endpoint()
         self.tls_unix(path)
         out = self.d.wait_output("TLS handshake completed")
-        self.assertIn(f"Client connected: {path} SSL to {self.pty_.path}", out)
+        self.assertIn(f"Client connected: {path} SSL to {port_name(self.pty_.path)}", out)
         self.assertNotIn("UNIXAddress", out)
 
     # (2) client certificates

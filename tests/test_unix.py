@@ -15,6 +15,7 @@ from tests.helpers import (
     Daemon,
     free_port,
     port_config,
+    port_name,
     recv_exactly,
     recv_until_closed,
     run,
@@ -82,7 +83,7 @@ class UnixSocketServer(Case):
         self.assertEqual(stat.S_IMODE(os.stat(other).st_mode), 0o600)
         sock = self.unix()
         self.both_ways(d, sock)
-        out = d.wait_output(f"Client connected: {self.path} SOCKET to {self.pty_.path}")
+        out = d.wait_output(f"Client connected: {self.path} SOCKET to {port_name(self.pty_.path)}")
         self.assertNotIn("Client connected: ?", out)
 
     def test_default_mode_is_a_socket(self) -> None:
@@ -216,7 +217,7 @@ class UnixSocketServer(Case):
         wait_until(lambda: os.path.exists(self.path), what="the socket file")
         sock = self.unix()
         self.both_ways(d, sock)
-        d.wait_output(f"Client connected: {self.path} SOCKET to {self.pty_.path}")
+        d.wait_output(f"Client connected: {self.path} SOCKET to {port_name(self.pty_.path)}")
 
     def test_tcp_and_socket_share_the_device(self) -> None:
         port = free_port()

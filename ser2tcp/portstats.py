@@ -1,0 +1,33 @@
+"""PortStats: what one port has done, for status pages and metrics.
+
+Plain counters the hub adds to as data passes (one integer addition per
+chunk on the hot path, nothing more); everything derived is computed when
+someone asks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class PortStats:
+    bytes_from_device: int = 0
+    bytes_to_device: int = 0
+    device_opens: int = 0
+    device_open_failures: int = 0
+    device_losses: int = 0
+    #: Client input thrown away because the device was gone (``on_loss: hold``).
+    discarded_while_held: int = 0
+    #: The device path in use, and since when (reactor seconds); None when closed.
+    device: str | None = None
+    opened_at: float | None = None
+
+    def opened(self, device: str | None, now: float) -> None:
+        self.device_opens += 1
+        self.device = device
+        self.opened_at = now
+
+    def closed(self) -> None:
+        self.device = None
+        self.opened_at = None
