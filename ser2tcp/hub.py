@@ -158,7 +158,7 @@ class PortHub:
         first, in this same reactor turn, so nothing is missed or doubled."""
         if replay and self.scrollback is not None and access != "wo":
             session.deliver(self.scrollback.contents())
-        self._event(f"client {session.peer} connected")
+        self.event(f"client {session.peer} connected")
         self.sessions[session] = _send_nothing if access == "wo" else session.deliver
         if access == "ro":
             self._discarded[session] = 0
@@ -174,7 +174,7 @@ class PortHub:
             return
         del self.sessions[session]
         self._forget_read_only(session)
-        self._event(f"client {session.peer} disconnected")
+        self.event(f"client {session.peer} disconnected")
         self._deliver = [d for d in self.sessions.values() if d is not _send_nothing]
         if self.sessions or self.keep_open:
             return
@@ -226,7 +226,8 @@ class PortHub:
         for deliver in self._deliver:
             deliver(data)
 
-    def _event(self, text: str) -> None:
+    def event(self, text: str) -> None:
+        """Something happened on the port: the port log records it."""
         for tap in self.taps:
             tap.event(text)
 
@@ -318,7 +319,7 @@ class PortHub:
         self.stats.opened(getattr(self.link, "device_path", None), self.clock.seconds())
         self._reopen.succeeded()
         log.info("Serial {port} opened: {device}", port=self.name, device=self.stats.device or self.link.name)
-        self._event(f"device opened: {self.stats.device or self.link.name}")
+        self.event(f"device opened: {self.stats.device or self.link.name}")
         if self._in_effect is not None:
             self._in_effect = None
             self._notice(f"serial port {self.name} is back")
@@ -384,14 +385,14 @@ class PortHub:
         self.stats.closed()
         if on_purpose:
             log.info("Serial {port} closed", port=self.name)
-            self._event("device closed")
+            self.event("device closed")
         else:
             if reason is None or reason.check(error.ConnectionDone):
                 why = "device hung up"
             else:
                 why = reason.getErrorMessage()
             self.stats.device_losses += 1
-            self._event(f"device lost: {why}")
+            self.event(f"device lost: {why}")
             if self.hold and (self.sessions or self.keep_open):
                 self._held(why, in_effect)
                 return

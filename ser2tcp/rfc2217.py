@@ -59,6 +59,14 @@ def modem_state(lines: dict[str, bool]) -> int:
     return sum(bit for name, bit in MODEM_BITS.items() if lines.get(name))
 
 
+def describe_settings(settings: dict[str, Any]) -> str:
+    """``115200 8N1`` (and the flow control, if any), as people write it."""
+    get = settings.get
+    text = f"{get('baudrate')} {get('bytesize')}{get('parity')}{get('stopbits'):g}"
+    flow = [name for name in ("xonxoff", "rtscts") if settings.get(name)]
+    return " ".join([text, *flow])
+
+
 #: Most characters of a client's text that a log line repeats.
 MAX_LOGGED_TEXT = 80
 
@@ -81,6 +89,7 @@ class ComPortServer:
         peer: str,
         port_name: str,
         suspend: Callable[[bool], None] = lambda on: None,
+        note: Callable[[str], None] = lambda text: None,
     ) -> None:
         self.policy = policy
         self._control = control
@@ -88,6 +97,7 @@ class ComPortServer:
         self.peer = peer
         self.port_name = port_name
         self._suspend = suspend
+        self._note = note
         self.modemstate_mask = 0xFF
         self.linestate_mask = 0
         self._last_modem: int | None = None
@@ -146,6 +156,7 @@ class ComPortServer:
                 port=self.port_name,
                 value=effective,
             )
+            self._note(f"settings changed by {self.peer}: {describe_settings(control.settings())}")
         return effective
 
     def _baudrate(self, value: bytes) -> None:
@@ -208,6 +219,7 @@ class ComPortServer:
                 port=self.port_name,
                 state="on" if on else "off",
             )
+            self._note(f"{name} {'on' if on else 'off'} by {self.peer}")
         return control.set_line(name, on)
 
     def _suspend_flow(self, value: bytes) -> None:

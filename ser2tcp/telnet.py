@@ -127,6 +127,7 @@ class TelnetClient(RawClient, telnet.Telnet):
             peer=self.peer,
             port_name=self.hub.name,
             suspend=self._suspend,
+            note=self.hub.event,
         )
         self._notify_modem = True
         self.hub.watch_modem(self.com_port.modem_changed)

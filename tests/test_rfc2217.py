@@ -215,6 +215,14 @@ class CommandTests(ServerCase):
     def test_fake_provides_the_interface(self) -> None:
         self.assertTrue(verifyObject(ISerialControl, FakeControl()))
 
+    def test_changes_are_noted_for_the_port_log(self) -> None:
+        notes: list[str] = []
+        s = ComPortServer("apply", lambda: self.control, self.sent.append, PEER, PORT_NAME, note=notes.append)
+        self.exchange(s, BAUD, baud(115200))
+        self.exchange(s, BAUD, baud(115200))  # no change, no note
+        self.exchange(s, CONTROL, b"\x09")  # DTR off
+        self.assertEqual(notes, [f"settings changed by {PEER}: 115200 8N1", f"dtr off by {PEER}"])
+
     def test_set_baudrate(self) -> None:
         s = self.server()
         self.assertEqual(self.exchange(s, BAUD, baud(57600)), [reply(BAUD, baud(57600))])
@@ -1050,8 +1058,8 @@ class PtyDaemonTests(DaemonTests):
         self.assertEqual(self.attrs(pty)[0] & (termios.IXON | termios.IXOFF), termios.IXON | termios.IXOFF)
         ser.xonxoff = False
         self.assertFalse(self.attrs(pty)[0] & (termios.IXON | termios.IXOFF))
-        log = daemon.wait_output(f"{peer_of(ser)} set baudrate of {pty.path} to 57600")
-        self.assertIn(f"{peer_of(ser)} set stopbits of {pty.path} to 2", log)
+        log = daemon.wait_output(f"{peer_of(ser)} set baudrate of {port_name(pty.path)} to 57600")
+        self.assertIn(f"{peer_of(ser)} set stopbits of {port_name(pty.path)} to 2", log)
 
     def test_pty_refusals_are_reported_and_serving_goes_on(self) -> None:
         pty = self.pty()
@@ -1090,9 +1098,9 @@ class PtyDaemonTests(DaemonTests):
         # A pty has no modem lines: they read False, and reading works at all
         # only because the server sent NOTIFY-MODEMSTATE.
         self.assertEqual((ser.cts, ser.dsr, ser.ri, ser.cd), (False, False, False, False))
-        log = daemon.wait_output(f"{peer_of(ser)} set dtr of {pty.path} off")
-        self.assertIn(f"{peer_of(ser)} set rts of {pty.path} off", log)
-        self.assertIn(f"{peer_of(ser)} set break_condition of {pty.path} on", log)
+        log = daemon.wait_output(f"{peer_of(ser)} set dtr of {port_name(pty.path)} off")
+        self.assertIn(f"{peer_of(ser)} set rts of {port_name(pty.path)} off", log)
+        self.assertIn(f"{peer_of(ser)} set break_condition of {port_name(pty.path)} on", log)
         ser.write(b"after")
         self.assertEqual(pty.read(5), b"after")
 
@@ -1147,7 +1155,8 @@ class PtyDaemonTests(DaemonTests):
         monitor.dtr = False
         self.assertEqual(pty.speeds(), (termios.B57600, termios.B57600))
         self.assertFalse(self.attrs(pty)[2] & (termios.CSTOPB | termios.CRTSCTS))
-        log = daemon.wait_output(f"{peer_of(monitor)}: {pty.path}: baudrate 9600 requested, ignored")
+        name = port_name(pty.path)
+        log = daemon.wait_output(f"{peer_of(monitor)}: {name}: baudrate 9600 requested, ignored")
         self.assertNotIn(f"{peer_of(monitor)} set", log)
         # Both get the device's data.
         pty.write(b"to all")
@@ -1168,7 +1177,7 @@ class PtyDaemonTests(DaemonTests):
         with self.assertRaisesRegex(ValueError, "remote rejected value for option 'baudrate'"):
             open_rfc2217(ports["reject"], baudrate=115200)
         self.assertEqual(pty.speeds(), (termios.B19200, termios.B19200))
-        daemon.wait_output(f"{pty.path}: baudrate 115200 requested, rejected")
+        daemon.wait_output(f"{port_name(pty.path)}: baudrate 115200 requested, rejected")
         # Asking for what is in effect works, changing it does not.
         ser = self.pyserial(ports["reject"], baudrate=19200)
         with self.assertRaisesRegex(ValueError, "remote rejected value"):
@@ -1195,7 +1204,7 @@ class LoopDaemonTests(DaemonTests):
     def test_settings_and_modem_notifications(self) -> None:
         daemon, ports = self.start("loop://")
         ser = self.pyserial(ports["apply"], baudrate=57600)
-        daemon.wait_output(f"{peer_of(ser)} set baudrate of loop:// to 57600")
+        daemon.wait_output(f"{peer_of(ser)} set baudrate of loop to 57600")
         ser.write(ALL_BYTES)
         self.assertEqual(ser.read(256), ALL_BYTES)
         # loop:// wires RTS to CTS and DTR to DSR; CD is on, RI off.

@@ -82,6 +82,9 @@ class FakeHub:
     def attach(self, session: Any, access: str = "rw", replay: bool = False) -> None:
         self.attached.append(session)
 
+    def event(self, text: str) -> None:
+        pass
+
     def detach(self, session: Any) -> None:
         self.detached.append(session)
 
