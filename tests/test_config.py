@@ -22,6 +22,7 @@ from ser2tcp.config import (
     SERIAL_KEYS,
     Config,
     ConfigError,
+    LogConfig,
     PortConfig,
     SerialConfig,
     ServerConfig,
@@ -1074,6 +1075,88 @@ class TlsSpellingTests(ConfigTestCase):
             files = self.files(ca_certs=self.write("ca"), allow_client_cn=value)
             message = self.error(one_port(servers=[tcp(protocol="ssl", ssl=files)]))
             self.assertIn("ssl.allow_client_cn: expected a list of certificate Common Names", message)
+
+
+class ConsoleConfigTests(ConfigTestCase):
+    def port(self, **extra: Any) -> PortConfig:
+        return parse_config(one_port(**extra)).ports[0]
+
+    def test_defaults_keep_the_pipe(self) -> None:
+        port = self.port()
+        self.assertEqual((port.open, port.on_loss, port.reopen_interval), ("on_demand", "close", 1.0))
+        self.assertEqual((port.log, port.scrollback, port.servers[0].replay), (None, 0, False))
+
+    def test_values(self) -> None:
+        log_path = os.path.join(tempfile.mkdtemp(), "lab.log")
+        port = self.port(
+            name="lab-1.a_b",
+            open="always",
+            on_loss="hold",
+            reopen_interval=0.5,
+            scrollback=65536,
+            log={"path": log_path, "timestamps": False, "max_bytes": 1000, "backups": 2},
+            servers=[tcp(replay=True)],
+        )
+        self.assertEqual(
+            (port.name, port.open, port.on_loss, port.reopen_interval), ("lab-1.a_b", "always", "hold", 0.5)
+        )
+        self.assertEqual(port.log, LogConfig(path=log_path, timestamps=False, max_bytes=1000, backups=2))
+        self.assertEqual((port.scrollback, port.servers[0].replay), (65536, True))
+
+    def test_derived_names(self) -> None:
+        ports = [
+            {"serial": {"port": "/dev/ttyUSB0"}, "servers": []},
+            {"serial": {"port": "/dev/serial/by-id/usb-FTDI_A1-if00"}, "servers": []},
+            {"serial": {"port": "socket://10.0.0.5:7000"}, "servers": []},
+            {"serial": {"match": {"vid": "0x303A", "serial_number": "AB*"}}, "servers": []},
+            {"serial": {"port": "/dev/ttyUSB0x"}, "name": "ttyUSB0", "servers": []},
+            {"serial": {"port": "/tmp/ttyUSB0"}, "servers": []},
+        ]
+        names = [p.name for p in parse_config({"ports": ports}).ports]
+        self.assertEqual(
+            names,
+            [
+                "ttyUSB0-2",
+                "serial-by-id-usb-FTDI_A1-if00",
+                "socket-10.0.0.5-7000",
+                "usb-0x303A-AB",
+                "ttyUSB0",
+                "tmp-ttyUSB0",
+            ],
+        )
+
+    def test_names_are_unique(self) -> None:
+        ports = [{"serial": {"port": f"/dev/ttyS{i}"}, "name": "lab", "servers": []} for i in range(2)]
+        self.assertEqual(
+            self.error({"ports": ports}), "cfg.json: ports[1].name: 'lab' is already the name of ports[0]"
+        )
+
+    def test_bad_values(self) -> None:
+        for key, value, problem in (
+            ("name", "lab 1", "expected 1-64 characters of A-Z a-z 0-9 . _ -"),
+            ("name", "x" * 65, "expected 1-64 characters"),
+            ("name", 5, "expected 1-64 characters"),
+            ("open", "yes", "expected one of on_demand, always"),
+            ("on_loss", "keep", "expected one of close, hold"),
+            ("reopen_interval", 0, "expected a number of seconds > 0"),
+            ("reopen_interval", True, "expected a number of seconds > 0"),
+            ("scrollback", -1, "expected a number of bytes"),
+            ("scrollback", 1.5, "expected a number of bytes"),
+            ("log", "/tmp/x.log", 'expected {"path": ...}'),
+            (
+                "log",
+                {"path": "/nonexistent-dir/x.log"},
+                ".path: the directory /nonexistent-dir does not exist",
+            ),
+            ("log", {"path": "/tmp/x.log", "timestamps": "no"}, ".timestamps: expected true or false"),
+            ("log", {"path": "/tmp/x.log", "max_bytes": -1}, ".max_bytes: expected a whole number >= 0"),
+            ("log", {"path": "/tmp/x.log", "backups": 1.5}, ".backups: expected a whole number >= 0"),
+        ):
+            message = self.error(one_port(**{key: value}))
+            self.assertTrue(message.startswith(f"cfg.json: ports[0].{key}"), message)
+            self.assertIn(problem, message)
+        message = self.error(one_port(servers=[tcp(replay="yes")]))
+        self.assertIn("ports[0].servers[0].replay: expected true or false", message)
 
 
 # --- property: parse_config never fails with anything but a one-line ConfigError
