@@ -153,7 +153,10 @@ class TelnetClient(RawClient, telnet.Telnet):
             self._notify_modem = False
 
     def notice(self, text: str) -> None:
-        self._write(telnet_line(text))
+        # A client that speaks RFC 2217 is a program (pyserial): its data
+        # stream must stay the device's.
+        if self.com_port is None:
+            self._write(telnet_line(text))
 
     def refuse(self, why: str) -> None:
         # People read TELNET: tell them why, in one line.
