@@ -83,8 +83,13 @@ class Profile:
         return lines[0] if lines else "unknown"
 
 
-def _ser2tcp_config(pty: str, port: int, tmpdir: Path, opts: ServerOptions) -> Path:
-    """The JSON config; the original 2.3.0 reads the very same format."""
+def _ser2tcp_config(
+    pty: str, port: int, tmpdir: Path, opts: ServerOptions, console: bool = False
+) -> Path:
+    """The JSON config; the original 2.3.0 reads the very same format.
+
+    ``console``: the port also keeps a timestamped port log and 64 KiB of
+    scrollback, the console-server features that sit on the data path."""
     server = {
         "protocol": "tcp",
         "address": "127.0.0.1",
@@ -92,7 +97,11 @@ def _ser2tcp_config(pty: str, port: int, tmpdir: Path, opts: ServerOptions) -> P
         "send_timeout": opts.send_timeout,
         "buffer_limit": opts.buffer_limit,
     }
-    config = {"ports": [{"serial": {"port": pty, "baudrate": BAUDRATE}, "servers": [server]}]}
+    port_config: dict[str, object] = {"serial": {"port": pty, "baudrate": BAUDRATE}, "servers": [server]}
+    if console:
+        port_config["log"] = {"path": str(tmpdir / "port.log"), "timestamps": True}
+        port_config["scrollback"] = 65536
+    config = {"ports": [port_config]}
     path = tmpdir / "ser2tcp.json"
     path.write_text(json.dumps(config, indent=2))
     return path
@@ -101,6 +110,10 @@ def _ser2tcp_config(pty: str, port: int, tmpdir: Path, opts: ServerOptions) -> P
 def _ser2tcp_argv(exe: str, pty: str, port: int, tmpdir: Path, opts: ServerOptions) -> list[str]:
     """No -v: logging each client would cost the daemon time we measure."""
     return [exe, "-c", str(_ser2tcp_config(pty, port, tmpdir, opts))]
+
+
+def _ser2tcp_console_argv(exe: str, pty: str, port: int, tmpdir: Path, opts: ServerOptions) -> list[str]:
+    return [exe, "-c", str(_ser2tcp_config(pty, port, tmpdir, opts, console=True))]
 
 
 def _socat_argv(exe: str, pty: str, port: int, tmpdir: Path, opts: ServerOptions) -> list[str]:
@@ -157,6 +170,14 @@ PROFILES: dict[str, Profile] = {
             "this checkout: the ser2tcp console script next to sys.executable",
             _file(Path(sys.executable).parent / "ser2tcp"),
             _ser2tcp_argv,
+            ["-V"],
+            slow_client_options=True,
+        ),
+        Profile(
+            "ser2tcp-console",
+            "this checkout with a timestamped port log and 64 KiB scrollback on the port",
+            _file(Path(sys.executable).parent / "ser2tcp"),
+            _ser2tcp_console_argv,
             ["-V"],
             slow_client_options=True,
         ),
