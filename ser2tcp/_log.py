@@ -9,15 +9,17 @@ the global log publisher.
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
 )
+from zope.interface import implementer
 
 NAMESPACE = "ser2tcp"
 
@@ -50,32 +52,77 @@ def set_verbosity(verbose: int) -> None:
 
 
 _fd_log = logger("accept")
-_last_fd_warning = 0.0
-_fd_refused = 0
-
-#: Twisted's accept loop reports running out of descriptors at INFO, in its
-#: own namespace; an operator needs it as a warning.
-_ACCEPT_TROUBLE = ("EMFILE recovery: Closed socket", "Could not accept new connection")
 
 
-def _watch_accept_errors(event: dict) -> None:
-    global _last_fd_warning, _fd_refused
-    fmt = event.get("log_format") or ""
-    if not fmt.startswith(_ACCEPT_TROUBLE):
-        return
-    _fd_refused += 1
-    now = time.monotonic()
-    if now - _last_fd_warning < 1.0:
-        return  # at most one line a second, however many are refused
-    _last_fd_warning = now
-    refused, _fd_refused = _fd_refused, 0
-    _fd_log.warn(
-        "Out of file descriptors (or socket memory): {n} new connection(s) refused "
-        "(raise the limit: ulimit -n, LimitNOFILE=)",
-        n=refused,
-    )
+@implementer(ILogObserver)
+class AcceptTrouble:
+    """Turns Twisted's notes about connections it could not accept into
+    WARNINGs that count every one of them.
+
+    Twisted's accept loop reports running out of descriptors at INFO, in its
+    own namespace, one event per refused connection ("EMFILE recovery:
+    Closed socket from ..."), or per failed accept when no descriptor could
+    be freed.  An operator needs them as warnings, at most one line a second
+    however many there are, and with every count reported: what arrives in
+    the quiet second is reported by one timer, armed by that event (no timer
+    runs while nothing happens)."""
+
+    #: Seconds between two warnings.
+    INTERVAL = 1.0
+
+    def __init__(self, clock: Any = None) -> None:
+        self._clock = clock
+        self._last = -self.INTERVAL
+        self._refused = 0
+        self._failed = 0
+        self._timer: Any = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        fmt = event.get("log_format") or ""
+        if fmt.startswith("EMFILE recovery: Closed socket"):
+            self._refused += 1
+        elif fmt.startswith("Could not accept new connection"):
+            self._failed += 1
+        else:
+            return
+        if self._timer is not None:
+            return  # reported when it fires
+        clock = self._get_clock()
+        wait = self._last + self.INTERVAL - clock.seconds()
+        if wait <= 0:
+            self.report()
+        else:
+            self._timer = clock.callLater(wait, self.report)
+
+    def report(self) -> None:
+        self._timer = None
+        self._last = self._get_clock().seconds()
+        refused, self._refused = self._refused, 0
+        failed, self._failed = self._failed, 0
+        if refused:
+            _fd_log.warn(
+                "Out of file descriptors: {n} new connection(s) refused "
+                "(raise the limit: ulimit -n, LimitNOFILE=)",
+                n=refused,
+            )
+        if failed:
+            _fd_log.warn(
+                "Out of file descriptors (or socket memory): accepting a new connection failed "
+                "{n} time(s); it waits in the listen queue (raise the limit: ulimit -n, LimitNOFILE=)",
+                n=failed,
+            )
+
+    def _get_clock(self) -> Any:
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor
+        return self._clock
+
+
+_accept_trouble = AcceptTrouble()
 
 
 def watch_accept_errors() -> None:
     """Turn Twisted's notes about refused connections into WARNINGs."""
-    globalLogPublisher.addObserver(_watch_accept_errors)  # idempotent
+    globalLogPublisher.addObserver(_accept_trouble)  # idempotent
