@@ -236,12 +236,16 @@ class PortHub:
         for session in list(self.sessions):
             session.notice(text)
 
-    def shutdown(self) -> None:
-        """Abort every client and close the device now (daemon stopping)."""
+    def shutdown(self) -> list[IClientSession]:
+        """The daemon is stopping: stop reading the device now, and close
+        every client in order once what was read for it is sent.  Returns
+        the clients, for the caller to abort those that have not taken
+        their data by its deadline."""
         sessions, self.sessions = list(self.sessions), {}
         self._forget_read_only_all(sessions)
         for session in sessions:
-            session.abort("ser2tcp is stopping")
+            session.notice("ser2tcp is stopping")
+            session.close("ser2tcp is stopping")
         self._modem_watchers.clear()
         if self._modem_poll is not None:
             self._modem_poll.stop()
@@ -255,6 +259,7 @@ class PortHub:
             self.link.close(abort=True)
         elif self.state is State.HELD:
             self.state = State.CLOSED
+        return sessions
 
     @property
     def control(self) -> ISerialControl | None:

@@ -15,6 +15,7 @@ class IClientSession(Interface):
     """One connected client, as the hub of its serial port sees it."""
 
     peer = Attribute("str: how logs name this client, e.g. '127.0.0.1:4242 TCP'")
+    gone = Attribute("bool: the connection is closed")
 
     def deliver(data: bytes) -> None:
         """Send bytes read from the device to this client (in order, never dropped)."""
@@ -38,6 +39,9 @@ class IClientSession(Interface):
 
     def abort(why: str) -> None:
         """Close at once, discarding anything queued (shutdown)."""
+
+    def when_gone() -> object:
+        """A Deferred that fires once the connection is closed (now, if it is)."""
 
     def notice(text: str) -> None:
         """Tell a person what happened to the port (device lost, back):

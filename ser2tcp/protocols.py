@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -50,12 +51,14 @@ class RawClient(Protocol):
     joined = False
     factory: ClientFactory | None = None
     _half_closed: IDelayedCall | None = None
+    gone = False
 
     def __init__(self, hub: PortHub, server: ServerConfig, clock: IReactorTime) -> None:
         self.hub = hub
         self.server = server
         self.clock = clock
         self.peer = "?"
+        self._gone_waiters: list[defer.Deferred[None]] = []
 
     def connectionMade(self) -> None:
         transport = self.transport
@@ -118,6 +121,17 @@ class RawClient(Protocol):
             self.hub.detach(self)
         if _log.info:
             log.info("Client disconnected: {peer}", peer=self.peer)
+        self.gone = True
+        waiters, self._gone_waiters = self._gone_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def when_gone(self) -> defer.Deferred[None]:
+        if self.gone:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._gone_waiters.append(d)
+        return d
 
     # IHalfCloseableProtocol
 

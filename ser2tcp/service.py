@@ -24,8 +24,11 @@ from .serial_link import SerialLink
 
 log = _log.logger("service")
 
-#: How long stopping waits for serial ports to close.
-STOP_TIMEOUT = 0.8
+#: How long stopping waits for clients to take what was read for them.
+DRAIN_TIMEOUT = 0.6
+#: How long stopping then waits for serial ports to close (they were told
+#: to close at once, without flushing).
+STOP_TIMEOUT = 0.3
 
 FactoryBuilder = Callable[[PortHub, ServerConfig, Any, Admission], IProtocolFactory]
 
@@ -60,6 +63,18 @@ FACTORIES: dict[str, FactoryBuilder] = {
 }
 
 
+def _abort_slow(sessions: list[Any]) -> None:
+    """The stop deadline: reset the clients that have not taken their data."""
+    for session in sessions:
+        if not session.gone:
+            log.info(
+                "Client {peer}: aborted, its data not taken within {t:g} s of the stop",
+                peer=session.peer,
+                t=DRAIN_TIMEOUT,
+            )
+            session.abort("ser2tcp is stopping")
+
+
 class PortService(MultiService):
     """A serial port: its hub, its device link and its listeners."""
 
@@ -81,7 +96,14 @@ class PortService(MultiService):
     @defer.inlineCallbacks
     def stopService(self) -> Any:
         yield super().stopService()  # no new clients
-        self.hub.shutdown()
+        sessions = self.hub.shutdown()
+        # Each client is closed in order (FIN, TLS close_notify) once it has
+        # what was read for it; one that has not taken it by the deadline
+        # is aborted, so that stopping never takes more than about a second.
+        deadline = self.reactor.callLater(DRAIN_TIMEOUT, _abort_slow, sessions)
+        yield defer.DeferredList([s.when_gone() for s in sessions])
+        if deadline.active():
+            deadline.cancel()
         # abortConnection() completes on the next reactor turn: let clients
         # see their connectionLost (and log it) before the reactor stops.
         yield task.deferLater(self.reactor, 0, lambda: None)

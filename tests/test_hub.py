@@ -100,6 +100,11 @@ class FakeSession:
     def notice(self, text: str) -> None:
         self.events.append(("notice", text))
 
+    gone = False
+
+    def when_gone(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
     def ends(self) -> list[tuple[str, ...]]:
         """The close/refuse/abort calls this session got."""
         return [e for e in self.events if e[0] in ("close", "refuse", "abort")]
@@ -485,17 +490,26 @@ class DeviceLostTests(HubTestCase):
 
 
 class ShutdownTests(HubTestCase):
-    def test_shutdown_aborts_sessions_and_closes_now(self) -> None:
+    def test_shutdown_closes_sessions_in_order_and_the_device_now(self) -> None:
         _, (a, b) = self.open_with("a", "b")
-        self.hub.shutdown()
+        self.assertEqual(self.hub.shutdown(), [a, b])
         for session in (a, b):
-            self.assertEqual(session.ends(), [("abort", "ser2tcp is stopping")])
+            # Closed after what they were given is sent, not aborted.
+            self.assertEqual(session.ends(), [("close", "ser2tcp is stopping")])
+            self.assertIn(("notice", "ser2tcp is stopping"), session.events)
         self.assertEqual(list(self.hub.sessions), [])
         self.assertEqual(self.link.closes, [True])
         self.link.lose(Failure(error.ConnectionAborted()))
         self.assertIs(self.hub.state, State.CLOSED)
         # Closed on purpose: nobody is told the device was lost.
-        self.assertEqual(a.ends() + b.ends(), [("abort", "ser2tcp is stopping")] * 2)
+        self.assertEqual(a.ends() + b.ends(), [("close", "ser2tcp is stopping")] * 2)
+
+    def test_device_data_after_shutdown_goes_nowhere(self) -> None:
+        _, (a,) = self.open_with("a")
+        protocol = self.link.protocol
+        self.hub.shutdown()
+        protocol.dataReceived(b"late")
+        self.assertEqual(a.received, [])
 
     def test_shutdown_while_closing_aborts_the_flush(self) -> None:
         _, (a,) = self.open_with("a")
@@ -513,7 +527,7 @@ class ShutdownTests(HubTestCase):
         a = FakeSession("a")
         self.hub.attach(a)
         self.hub.shutdown()
-        self.assertEqual(a.ends(), [("abort", "ser2tcp is stopping")])
+        self.assertEqual(a.ends(), [("close", "ser2tcp is stopping")])
         closed = self.hub.wait_closed()
         self.link.succeed()
         self.assertEqual(len(self.link.closes), 1)
