@@ -427,6 +427,23 @@ def _check_setting(key: str, value: Any, at: str) -> None:
             raise _Invalid(at, f"expected a number of seconds >= 0 or null, got {_show(value)}")
 
 
+def _check_devices_unique(ports: Sequence[PortConfig]) -> None:
+    """One device in two ports is a config error naming both: each read of
+    the device would go to one of them, and the other's clients would miss
+    it.  Paths are compared after resolving symlinks (where the device
+    exists now); pyserial URLs (``loop://``) are not devices."""
+    seen: dict[str, str] = {}
+    for port in ports:
+        path = port.serial.settings.get("port")
+        if port.serial.match is not None or not isinstance(path, str) or "://" in path:
+            continue
+        real = os.path.realpath(path)
+        at = f"{port.where}.serial.port"
+        if real in seen:
+            raise _Invalid(at, f"{path} is the device of {seen[real]} too")
+        seen[real] = at
+
+
 def _check_listeners_unique(ports: Sequence[PortConfig]) -> None:
     """Two servers of one config at one place is a config error naming both:
     binding the second would fail with a misleading "in use by another
@@ -516,6 +533,7 @@ class _Parser:
             raise _Invalid(where, "no ports configured")
         parsed = tuple(self.port(p, f"{where}[{i}]" if where else f"[{i}]") for i, p in enumerate(ports))
         _check_listeners_unique(parsed)
+        _check_devices_unique(parsed)
         return _name_ports(parsed)
 
     def port(self, data: Any, where: str) -> PortConfig:

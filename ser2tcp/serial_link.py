@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 from collections.abc import Mapping
 from typing import Any
 
@@ -73,7 +74,7 @@ class FdSerialPort(SerialPort):
         except OSError as e:  # as twisted.internet.fdesc.readFromFD
             return None if e.errno in (errno.EAGAIN, errno.EINTR) else main.CONNECTION_LOST
         if not data:
-            return main.CONNECTION_DONE
+            return main.CONNECTION_DONE if hung_up(fd) else None
         if len(data) >= _TTY_CHUNK:
             chunks = [data]
             total = len(data)
@@ -100,17 +101,66 @@ class FdSerialPort(SerialPort):
             self.connectionLost(Failure(error.ConnectionAborted()))
 
 
+def hung_up(fd: int) -> bool:
+    """Whether an empty read of a tty means the device is gone.
+
+    pyserial sets VMIN = VTIME = 0, so a tty read returns nothing, not
+    EAGAIN, when there is nothing to read: after a wake-up whose data
+    another reader took (two descriptors on one tty), an empty read is no
+    hang-up.  A hung-up tty (USB adapter unplugged, pty master closed) polls
+    as POLLHUP or POLLERR; an idle one does not."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    try:
+        events = poller.poll(0)
+    except OSError:
+        return True
+    return any(mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, mask in events)
+
+
 def is_url(port: str) -> bool:
     return "://" in port
 
 
 @implementer(ISerialLink)
+class DeviceClaims:
+    """Which port holds which device, for one daemon.
+
+    Two ports that open one device take each other's data (each read goes
+    to one of them), so the second open is refused.  Paths are compared
+    after resolving symlinks; pyserial URLs are not devices and are not
+    claimed."""
+
+    def __init__(self) -> None:
+        self._holders: dict[str, str] = {}
+
+    def claim(self, path: str, port: str) -> str:
+        """Claim ``path`` for ``port``; the key to release it with."""
+        key = os.path.realpath(path)
+        holder = self._holders.get(key)
+        if holder is not None and holder != port:
+            raise _OpenError(f"{path} is in use by port {holder}")
+        self._holders[key] = port
+        return key
+
+    def release(self, key: str) -> None:
+        self._holders.pop(key, None)
+
+
 class SerialLink:
     def __init__(
-        self, config: SerialConfig, reactor: IReactorCore, comports: Comports = list_ports.comports
+        self,
+        config: SerialConfig,
+        reactor: IReactorCore,
+        comports: Comports = list_ports.comports,
+        port_name: str | None = None,
+        claims: DeviceClaims | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
+        self._port_name = port_name or config.name
+        self._claims = claims if claims is not None else DeviceClaims()
+        self._claimed: str | None = None
         self._reactor = reactor
         self._comports = comports
         self.transport: Any = None
@@ -127,6 +177,8 @@ class SerialLink:
                 settings["port"] = find_device(self.config.match, self._comports)
             port = settings["port"]
             self.device_path = port
+            if not is_url(port):
+                self._claimed = self._claims.claim(port, self._port_name)
             if is_url(port) or os.name == "nt":
                 d = threads.deferToThreadPool(
                     self._reactor,
@@ -135,10 +187,11 @@ class SerialLink:
                     settings,
                     lines,
                 )
-                d.addCallback(self._attach_threaded, protocol)
+                d.addCallbacks(self._attach_threaded, self._open_failed, callbackArgs=(protocol,))
                 return d
             self.transport = FdSerialPort(protocol, settings, lines, self._reactor)
         except Exception as e:
+            self._release()
             return defer.fail(_OpenError(_describe(e)))
         return defer.succeed(self.transport)
 
@@ -159,8 +212,18 @@ class SerialLink:
         self.transport = ThreadedSerialTransport(protocol, port, self._reactor)  # type: ignore[arg-type]
         return self.transport
 
+    def _open_failed(self, failure: Failure) -> Failure:
+        self._release()
+        return failure
+
+    def _release(self) -> None:
+        if self._claimed is not None:
+            self._claims.release(self._claimed)
+            self._claimed = None
+
     def closed(self) -> None:
         """The hub saw the device close (flushed, aborted or lost)."""
+        self._release()
         self.transport = None
         if self._close_timer is not None:
             if self._close_timer.active():

@@ -20,7 +20,7 @@ from .config import Config, ConfigError, PortConfig, ServerConfig
 from .hub import PortHub
 from .listeners import ListenerService, StartupError, make_endpoint
 from .protocols import ClientFactory
-from .serial_link import SerialLink
+from .serial_link import DeviceClaims, SerialLink
 
 log = _log.logger("service")
 
@@ -78,11 +78,11 @@ def _abort_slow(sessions: list[Any]) -> None:
 class PortService(MultiService):
     """A serial port: its hub, its device link and its listeners."""
 
-    def __init__(self, port: PortConfig, reactor: Any) -> None:
+    def __init__(self, port: PortConfig, reactor: Any, claims: DeviceClaims | None = None) -> None:
         super().__init__()
         self.config = port
         self.reactor = reactor
-        self.link = SerialLink(port.serial, reactor)
+        self.link = SerialLink(port.serial, reactor, port_name=port.name, claims=claims)
         self.hub = PortHub(self.link, reactor, port)
         count = PortCount(port.max_connections)
         for server in port.servers:
@@ -121,8 +121,9 @@ class Ser2TcpService(MultiService):
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.config = config
+        claims = DeviceClaims()  # one device, one port
         for port in config.ports:
-            PortService(port, reactor).setServiceParent(self)
+            PortService(port, reactor, claims).setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         self._start(super().privilegedStartService)

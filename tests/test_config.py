@@ -1159,6 +1159,30 @@ class ConsoleConfigTests(ConfigTestCase):
         self.assertIn("ports[0].servers[0].replay: expected true or false", message)
 
 
+class DuplicateDeviceTests(ConfigTestCase):
+    def ports(self, *paths: str) -> dict[str, Any]:
+        return {"ports": [{"serial": {"port": p}, "servers": []} for p in paths]}
+
+    def test_same_path_twice(self) -> None:
+        self.assertEqual(
+            self.error(self.ports("/dev/ttyUSB0", "/dev/ttyS1", "/dev/ttyUSB0")),
+            "cfg.json: ports[2].serial.port: /dev/ttyUSB0 is the device of ports[0].serial.port too",
+        )
+
+    def test_same_device_through_a_symlink(self) -> None:
+        directory = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, directory)
+        link = os.path.join(directory, "ttyBOARD")
+        os.symlink("/dev/null", link)
+        message = self.error(self.ports("/dev/null", link))
+        self.assertEqual(
+            message, f"cfg.json: ports[1].serial.port: {link} is the device of ports[0].serial.port too"
+        )
+
+    def test_urls_may_repeat(self) -> None:
+        self.assertEqual(len(parse_config(self.ports("loop://", "loop://")).ports), 2)
+
+
 # --- property: parse_config never fails with anything but a one-line ConfigError
 
 _scalars = st.one_of(

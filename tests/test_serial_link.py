@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ser2tcp.config import SerialConfig
-from ser2tcp.serial_link import CLOSE_FLUSH_TIMEOUT, FdSerialPort, SerialLink, is_url
+from ser2tcp.serial_link import CLOSE_FLUSH_TIMEOUT, DeviceClaims, FdSerialPort, SerialLink, hung_up, is_url
 from ser2tcp.threaded_serial import ThreadedSerialTransport
 from tests.helpers import wait_for
 
@@ -388,3 +388,92 @@ class IsUrlTests(SynchronousTestCase):
         self.assertTrue(is_url("socket://127.0.0.1:7000"))
         self.assertFalse(is_url("/dev/ttyUSB0"))
         self.assertFalse(is_url("COM3"))
+
+
+class SharedDeviceTests(SerialLinkTestCase):
+    """One device opened twice, and empty reads that are not hang-ups."""
+
+    def test_empty_read_of_an_idle_tty_is_no_hang_up(self) -> None:
+        master, _, path = self.pty()
+        first, second = serial.Serial(path, timeout=0), serial.Serial(path, timeout=0)
+        self.addCleanup(first.close)
+        self.addCleanup(second.close)
+        os.write(master, b"for one of them")
+        for _ in range(1000):  # the first reader takes it all
+            try:
+                if os.read(first.fileno(), 100):
+                    break
+            except BlockingIOError:
+                pass
+        # pyserial's VMIN = VTIME = 0: the other reads nothing, not EAGAIN.
+        self.assertEqual(os.read(second.fileno(), 100), b"")
+        self.assertFalse(hung_up(second.fileno()))
+
+    def test_closed_master_is_a_hang_up(self) -> None:
+        master, slave = os.openpty()
+        path = os.ttyname(slave)
+        os.close(slave)
+        device = serial.Serial(path, timeout=0)
+        self.addCleanup(device.close)
+        os.close(master)
+        self.assertTrue(hung_up(device.fileno()))
+
+    @defer.inlineCallbacks
+    def test_spurious_wake_up_does_not_lose_the_device(self) -> Any:
+        master, _, path = self.pty()
+        link = self.link({"port": path})
+        protocol = DeviceProtocol(link)
+        transport = yield link.open(protocol)
+        other = serial.Serial(path, timeout=0)  # another reader of the same tty
+        self.addCleanup(other.close)
+        os.write(master, b"taken by the other")
+        for _ in range(1000):
+            try:
+                if os.read(other.fileno(), 100):
+                    break
+            except BlockingIOError:
+                pass
+        self.assertIsNone(transport.doRead())  # woken, nothing there: not lost
+        os.write(master, b"ours")
+        yield wait_for(lambda: protocol.received == b"ours", what="data after the empty read")
+        self.assertIsNone(protocol.reason)
+
+
+class DeviceClaimTests(SerialLinkTestCase):
+    comports_kw = {"comports": lambda: [FakePort("/dev/null", serial_number="A"), FakePort("/dev/zero", "B")]}
+
+    def test_claims(self) -> None:
+        claims = DeviceClaims()
+        key = claims.claim("/dev/null", "a")
+        self.assertEqual(claims.claim("/dev/null", "a"), key)  # the holder again
+        with self.assertRaises(Exception) as caught:
+            claims.claim("/dev/../dev/null", "b")
+        self.assertEqual(str(caught.exception), "/dev/../dev/null is in use by port a")
+        claims.release(key)
+        claims.claim("/dev/null", "b")
+
+    @defer.inlineCallbacks
+    def test_second_port_matching_the_same_device_is_refused(self) -> Any:
+        master, _, path = self.pty()
+        claims = DeviceClaims()
+        comports = {"comports": lambda: [FakePort(path, serial_number="AB12")]}
+        config = SerialConfig(match={"serial_number": "AB*"})
+        first = SerialLink(config, reactor, port_name="board", claims=claims, **comports)
+        second = SerialLink(
+            SerialConfig(match={"serial_number": "*12"}),
+            reactor,
+            port_name="other",
+            claims=claims,
+            **comports,
+        )
+        self.addCleanup(self.abort, first)
+        self.addCleanup(self.abort, second)
+        yield first.open(DeviceProtocol(first))
+        failure = yield self.assertFailure(second.open(DeviceProtocol(second)), Exception)
+        self.assertEqual(str(failure), f"{path} is in use by port board")
+        # Once the first has closed it, the second may have it.
+        protocol = first.transport.protocol
+        first.close(abort=True)
+        yield wait_for(lambda: protocol.reason is not None, what="closed")
+        yield second.open(DeviceProtocol(second))
+        self.assertIsNotNone(second.transport)
