@@ -83,9 +83,7 @@ class Profile:
         return lines[0] if lines else "unknown"
 
 
-def _ser2tcp_config(
-    pty: str, port: int, tmpdir: Path, opts: ServerOptions, console: bool = False
-) -> Path:
+def _ser2tcp_config(pty: str, port: int, tmpdir: Path, opts: ServerOptions, console: bool = False) -> Path:
     """The JSON config; the original 2.3.0 reads the very same format.
 
     ``console``: the port also keeps a timestamped port log and 64 KiB of

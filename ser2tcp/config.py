@@ -593,10 +593,10 @@ class _Parser:
         if not isinstance(timestamps, bool):
             raise _Invalid(f"{where}.timestamps", f"expected true or false, got {_show(timestamps)}")
         sizes = {}
-        for key, default in (("max_bytes", LogConfig.max_bytes), ("backups", LogConfig.backups)):
+        for key, default, least in (("max_bytes", LogConfig.max_bytes, 0), ("backups", LogConfig.backups, 1)):
             value = data.get(key, default)
-            if not _is_int(value) or value < 0:
-                raise _Invalid(f"{where}.{key}", f"expected a whole number >= 0, got {_show(value)}")
+            if not _is_int(value) or value < least:
+                raise _Invalid(f"{where}.{key}", f"expected a whole number >= {least}, got {_show(value)}")
             sizes[key] = value
         return LogConfig(path=path, timestamps=timestamps, **sizes)
 

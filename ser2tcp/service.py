@@ -7,6 +7,7 @@ daemonizes).
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any, Callable
 
@@ -19,6 +20,7 @@ from .admission import Admission, PortCount
 from .config import Config, ConfigError, PortConfig, ServerConfig
 from .hub import PortHub
 from .listeners import ListenerService, StartupError, make_endpoint
+from .portlog import PortLog
 from .protocols import ClientFactory
 from .serial_link import DeviceClaims, SerialLink
 
@@ -84,14 +86,31 @@ class PortService(MultiService):
         self.reactor = reactor
         self.link = SerialLink(port.serial, reactor, port_name=port.name, claims=claims)
         self.hub = PortHub(self.link, reactor, port)
+        self.port_log: PortLog | None = None
+        if port.log is not None:
+            self.port_log = PortLog(port.log, reactor, self.hub.name)
+            self.hub.taps.append(self.port_log)
         count = PortCount(port.max_connections)
         for server in port.servers:
             factory = FACTORIES[server.protocol](self.hub, server, reactor, Admission(server, count))
             ListenerService(make_endpoint(reactor, server), factory, server).setServiceParent(self)
 
     def startService(self) -> None:
+        if self.port_log is not None:
+            try:
+                self.port_log.open()
+            except OSError as e:
+                path = self.port_log.config.path
+                raise StartupError(
+                    f"{self.config.where}.log.path: cannot open {path}: {e.strerror or e}"
+                ) from None
         super().startService()  # listeners first: a bind failure stops the start
         self.hub.start()
+
+    def reopen_log(self) -> None:
+        """SIGUSR1: an external logrotate moved the port log away."""
+        if self.port_log is not None:
+            self.port_log.reopen()
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
@@ -118,9 +137,12 @@ class PortService(MultiService):
 class Ser2TcpService(MultiService):
     """The daemon: every configured port."""
 
+    _previous_usr1: Any = None
+
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.config = config
+        self._reactor = reactor
         claims = DeviceClaims()  # one device, one port
         for port in config.ports:
             PortService(port, reactor, claims).setServiceParent(self)
@@ -132,6 +154,21 @@ class Ser2TcpService(MultiService):
         for warning in self.config.warnings:
             log.warn("{warning}", warning=warning)
         self._start(super().startService)
+        if any(port.port_log is not None for port in self._ports()):
+            self._previous_usr1 = reopen_on_signal(self._reactor, self.reopen_logs)
+
+    def stopService(self) -> Any:
+        if self._previous_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._previous_usr1)
+            self._previous_usr1 = None
+        return super().stopService()
+
+    def reopen_logs(self) -> None:
+        for port in self._ports():
+            port.reopen_log()
+
+    def _ports(self) -> list[PortService]:
+        return [s for s in self if isinstance(s, PortService)]  # type: ignore[attr-defined]
 
     def probe(self) -> None:
         """Check before daemonizing that every listener can be bound."""
@@ -148,6 +185,19 @@ class Ser2TcpService(MultiService):
 
     def _listeners(self) -> list[ListenerService]:
         return [s for port in self for s in port if isinstance(s, ListenerService)]  # type: ignore[attr-defined]
+
+
+def reopen_on_signal(reactor: Any, reopen: Callable[[], None]) -> Any:
+    """Call ``reopen`` from the reactor on SIGUSR1, then whatever handled it
+    before (``twistd`` reopens its own log on it).  Returns the previous handler."""
+
+    def handler(signum: int, frame: Any) -> None:
+        reactor.callFromThread(reopen)
+        if callable(previous):
+            previous(signum, frame)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    return signal.SIG_DFL if previous is None else previous
 
 
 def build_service(config: Config, reactor: Any) -> Ser2TcpService:

@@ -1150,7 +1150,8 @@ class ConsoleConfigTests(ConfigTestCase):
             ),
             ("log", {"path": "/tmp/x.log", "timestamps": "no"}, ".timestamps: expected true or false"),
             ("log", {"path": "/tmp/x.log", "max_bytes": -1}, ".max_bytes: expected a whole number >= 0"),
-            ("log", {"path": "/tmp/x.log", "backups": 1.5}, ".backups: expected a whole number >= 0"),
+            ("log", {"path": "/tmp/x.log", "backups": 1.5}, ".backups: expected a whole number >= 1"),
+            ("log", {"path": "/tmp/x.log", "backups": 0}, ".backups: expected a whole number >= 1"),
         ):
             message = self.error(one_port(**{key: value}))
             self.assertTrue(message.startswith(f"cfg.json: ports[0].{key}"), message)

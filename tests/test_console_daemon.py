@@ -5,6 +5,7 @@ clients waiting for a device that is not there yet."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import termios
 import time
@@ -13,11 +14,13 @@ from typing import Any
 import serial
 
 from tests.helpers import (
+    SER2TCP,
     Case,
     Pty,
     free_port,
     port_name,
     recv_exactly,
+    run,
     tcp_server,
     wait_until,
 )
@@ -173,3 +176,100 @@ class WaitForDeviceTests(Case):
         daemon.wait_output("device is back")
         pty.write(b"hello")
         self.assertEqual(recv_exactly(sock, 5, self.deadline()), b"hello")
+
+
+class PortLogDaemonTests(Case):
+    def start(self, log: dict[str, Any], **port: Any) -> tuple[Any, Pty, int]:
+        pty = self.pty()
+        tcp = free_port()
+        config = {
+            "ports": [
+                {
+                    "name": "lab1",
+                    "serial": {"port": pty.path},
+                    "log": log,
+                    "servers": [tcp_server(tcp)],
+                    **port,
+                }
+            ]
+        }
+        daemon = self.ser2tcp(config, "-v", listen=[tcp])
+        return daemon, pty, tcp
+
+    def read(self, path: str, want: bytes) -> bytes:
+        def has() -> bytes | None:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                return None
+            return data if want in data else None
+
+        return wait_until(has, what=f"{want!r} in {path}")
+
+    def test_boot_log_captured_with_nobody_connected(self) -> None:
+        path = os.path.join(self.tempdir(), "lab1.log")
+        daemon, pty, tcp = self.start({"path": path}, open="always")
+        daemon.wait_holds(pty.path)
+        pty.write(b"U-Boot 2024.01\r\nDRAM:  512 MiB\r\n")
+        data = self.read(path, b"512 MiB\r\n")
+        lines = data.splitlines(keepends=True)
+        self.assertRegex(lines[0], rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[ser2tcp\] device opened: ")
+        self.assertRegex(lines[1], rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z U-Boot 2024.01\r\n$")
+        self.assertTrue(lines[2].endswith(b"Z DRAM:  512 MiB\r\n"))
+        sock = self.connect(tcp)
+        self.read(path, b"TCP connected\n")
+        sock.close()
+        self.read(path, b"TCP disconnected\n")
+
+    def test_byte_exact_rotation_and_reopen(self) -> None:
+        directory = self.tempdir()
+        path = os.path.join(directory, "lab1.log")
+        daemon, pty, tcp = self.start({"path": path, "timestamps": False, "max_bytes": 4096, "backups": 2})
+        sock = self.connect(tcp)
+        daemon.wait_output("Client connected")
+        daemon.wait_holds(pty.path)
+        first, second = os.urandom(3000) + bytes(range(256)) * 8, os.urandom(3000)
+        data = first + second
+        pty.write(first)
+        self.assertEqual(recv_exactly(sock, len(first), self.deadline()), first)
+        # Past max_bytes: the next write rotates the file first.
+        wait_until(lambda: os.path.getsize(path) == len(first), what="the first part in the log")
+        pty.write(second)
+        self.assertEqual(recv_exactly(sock, len(second), self.deadline()), second)
+
+        def rotated() -> bytes | None:
+            names = sorted(os.listdir(directory))
+            if names != ["lab1.log", "lab1.log.1"]:
+                return None
+            with open(path + ".1", "rb") as old, open(path, "rb") as new:
+                both = old.read() + new.read()
+            return both if len(both) == len(data) else None
+
+        self.assertEqual(wait_until(rotated, what="the log rotated"), data)
+        # logrotate moves the file away and sends SIGUSR1.
+        os.rename(path, path + ".moved")
+        daemon.proc.send_signal(signal.SIGUSR1)
+        wait_until(lambda: os.path.exists(path), what="the log reopened")
+        pty.write(b"after rotation")
+        self.assertEqual(self.read(path, b"after rotation"), b"after rotation")
+        self.assertTrue(daemon.running())
+
+    def test_unopenable_log_stops_the_start(self) -> None:
+        directory = self.tempdir()
+        os.mkdir(os.path.join(directory, "lab1.log"))  # a directory where the file should be
+        pty = self.pty()
+        config = {
+            "ports": [
+                {
+                    "serial": {"port": pty.path},
+                    "log": {"path": os.path.join(directory, "lab1.log")},
+                    "servers": [tcp_server(free_port())],
+                }
+            ]
+        }
+        result = run([SER2TCP, "-c", self.config(config)])
+        self.assertEqual(result.returncode, 1)
+        lines = result.stderr.splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertIn("ports[0].log.path: cannot open", lines[0])
