@@ -1,9 +1,14 @@
 """PortLog: everything a port's device sends, appended to a file.
 
 A tap beside the sessions: no flow control toward it, never a reason to
-pause the device.  Device data is buffered in memory and written in one
+pause the device.  Device data is buffered in memory and handed over in one
 piece at most :data:`FLUSH_DELAY` seconds later (one timer, armed by data:
 nothing runs while nothing moves) or once :data:`FLUSH_SIZE` bytes wait.
+
+The writing itself is done by a thread of the log's own, fed in order by a
+bounded queue: a write can wait for the disk (page cache full, a slow
+device), and the data path must never wait for the log.  A disk slower than
+the device loses log data (counted, one WARNING), never device data.
 
 Rotation by size is Twisted's ``twisted.python.logfile.LogFile`` (binary,
 ``path.1`` ... ``path.<backups>``).  A full or failing disk suspends the log
@@ -14,8 +19,10 @@ with one WARNING; the data path never fails because of it, and ``reopen``
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.logfile import LogFile
@@ -31,6 +38,8 @@ log = _log.logger("portlog")
 FLUSH_DELAY = 0.5
 #: Bytes that make a write happen at once.
 FLUSH_SIZE = 64 * 1024
+#: Writes that may wait for the disk (of up to FLUSH_SIZE bytes each).
+QUEUE_WRITES = 64
 
 
 def timestamp(now: float) -> bytes:
@@ -44,6 +53,105 @@ def _printable(text: str) -> bytes:
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text).encode("utf-8", "replace")
 
 
+class Writer(Protocol):
+    """Does a port log's file operations, in the order they are asked for,
+    and reports a failure with ``failed(error, bytes_lost)``."""
+
+    def write(self, data: bytes) -> bool:
+        """Queue ``data``; False if it cannot be taken now (disk too slow)."""
+
+    def reopen(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class InlineWriter:
+    """Writes at once, in the caller's thread (tests, and closing)."""
+
+    def __init__(self, file: LogFile, failed: Callable[[OSError, int], None]) -> None:
+        self.file = file
+        self.failed = failed
+
+    def write(self, data: bytes) -> bool:
+        try:
+            self.file.write(data)
+        except OSError as e:
+            self.failed(e, len(data))
+        return True
+
+    def reopen(self) -> None:
+        try:
+            self.file.reopen()
+        except OSError as e:
+            self.failed(e, 0)
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass
+
+
+_REOPEN, _STOP = object(), object()
+
+
+class ThreadWriter:
+    """Writes in a thread of its own, fed by a bounded FIFO queue, so that
+    the reactor never waits for the disk.  Failures are reported back in
+    the reactor thread."""
+
+    def __init__(
+        self,
+        file: LogFile,
+        failed: Callable[[OSError, int], None],
+        call_from_thread: Callable[..., Any],
+        name: str,
+    ) -> None:
+        self._inline = InlineWriter(file, self._report)
+        self._failed = failed
+        self._call = call_from_thread
+        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_WRITES)
+        self._thread = threading.Thread(target=self._run, name=f"ser2tcp log {name}", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes) -> bool:
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            return False
+        return True
+
+    def reopen(self) -> None:
+        try:
+            self._queue.put_nowait(_REOPEN)
+        except queue.Full:
+            self._report(OSError("the disk is too slow to reopen the log now"), 0)
+
+    def close(self) -> None:
+        """Write what is queued, then close: waits for the disk (stopping),
+        for a few seconds at most."""
+        try:
+            self._queue.put(_STOP, timeout=5.0)
+        except queue.Full:
+            return
+        self._thread.join(5.0)
+
+    def _report(self, error: OSError, lost: int) -> None:
+        self._call(self._failed, error, lost)
+
+    def _run(self) -> None:
+        inline = self._inline
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                inline.close()
+                return
+            if item is _REOPEN:
+                inline.reopen()
+            else:
+                inline.write(item)
+
+
 @implementer(IDeviceTap)
 class PortLog:
     def __init__(
@@ -52,18 +160,22 @@ class PortLog:
         clock: IReactorTime,
         port_name: str,
         now: Callable[[], float] = time.time,
+        threaded: bool = True,
     ) -> None:
         self.config = config
         self._clock = clock
         self._port = port_name
         self._now = now
-        self._file: LogFile | None = None
+        self._threaded = threaded
+        self._writer: Writer | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._timer: IDelayedCall | None = None
         self._line_start = True
-        #: Set while the disk refuses writes: (why, bytes lost since).
+        #: Why the log is suspended (the disk refused a write), or None.
         self._suspended: str | None = None
+        self._behind = False
+        #: Bytes that did not reach the file.
         self.lost = 0
 
     # lifecycle
@@ -71,24 +183,23 @@ class PortLog:
     def open(self) -> None:
         """Open (or create) the file; OSError says why it cannot be."""
         directory, name = os.path.split(os.path.abspath(self.config.path))
-        self._file = LogFile(
+        file = LogFile(
             name,
             directory,
             rotateLength=self.config.max_bytes or None,
             maxRotatedFiles=self.config.backups,
         )
+        if self._threaded:
+            call = getattr(self._clock, "callFromThread", None) or (lambda f, *a: f(*a))
+            self._writer = ThreadWriter(file, self._failed, call, self._port)
+        else:
+            self._writer = InlineWriter(file, self._failed)
 
     def reopen(self) -> None:
-        """Write what is pending, then open the path again (logrotate moved
-        the file away).  A suspended log resumes if the file opens."""
+        """Hand over what is pending, then open the path again (logrotate
+        moved the file away).  A suspended log tries again."""
         self.flush()
-        try:
-            if self._file is None:
-                self.open()
-            else:
-                self._file.reopen()
-        except OSError as e:
-            self._suspend(e)
+        if self._writer is None:
             return
         if self._suspended is not None:
             log.info(
@@ -99,15 +210,14 @@ class PortLog:
             )
             self._suspended = None
             self.lost = 0
+        self._behind = False
+        self._writer.reopen()
 
     def close(self) -> None:
         self.flush()
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     # IDeviceTap
 
@@ -116,15 +226,15 @@ class PortLog:
             return
         if self.config.timestamps:
             stamp = timestamp(self._now())
+            if self._line_start:
+                self._add(stamp)
             # Every line that starts in this chunk gets the chunk's time; a
             # line ending the chunk is stamped when its next byte arrives.
-            if data[-1:] == b"\n":
-                data = data[:-1].replace(b"\n", b"\n" + stamp) + b"\n"
-            else:
-                data = data.replace(b"\n", b"\n" + stamp)
-            if self._line_start:
-                data = stamp + data
-            self._line_start = data[-1:] == b"\n"
+            ends_line = data[-1:] == b"\n"
+            data = data.replace(b"\n", b"\n" + stamp)
+            if ends_line:
+                data = data[: -len(stamp)]
+            self._line_start = ends_line
         self._add(data)
 
     def event(self, text: str) -> None:
@@ -150,7 +260,7 @@ class PortLog:
             self._timer = self._clock.callLater(FLUSH_DELAY, self.flush)
 
     def flush(self) -> None:
-        """Write what is pending now."""
+        """Hand what is pending to the writer now."""
         if self._timer is not None:
             if self._timer.active():
                 self._timer.cancel()
@@ -160,18 +270,22 @@ class PortLog:
         data = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
-        if self._file is None:
+        if self._writer is None or self._suspended is not None:
             self.lost += len(data)
-            return
-        try:
-            self._file.write(data)
-        except OSError as e:
+        elif not self._writer.write(data):
             self.lost += len(data)
-            self._suspend(e)
+            if not self._behind:
+                self._behind = True
+                log.warn(
+                    "Port log of {port}: the disk is slower than the device; log data is being lost ({path})",
+                    port=self._port,
+                    path=self.config.path,
+                )
 
-    def _suspend(self, e: OSError) -> None:
+    def _failed(self, error: OSError, lost: int) -> None:
+        self.lost += lost
         if self._suspended is None:
-            self._suspended = e.strerror or str(e)
+            self._suspended = error.strerror or str(error)
             log.warn(
                 "Port log of {port} suspended: cannot write {path}: {why} (SIGUSR1 tries again)",
                 port=self._port,
@@ -179,5 +293,5 @@ class PortLog:
                 why=self._suspended,
             )
 
-    def __repr__(self) -> str:  # for log events that name it
+    def __repr__(self) -> str:
         return f"<PortLog {self._port} {self.config.path}>"

@@ -4,9 +4,15 @@ A tap beside the sessions (no flow control, never a reason to pause the
 device).  The hub hands a joining client with ``replay`` the contents and
 attaches it in the same reactor turn, so between the replayed bytes and the
 live ones there is neither a gap nor a duplicate.
+
+It keeps the device's chunks themselves (the very objects every client is
+sent), not a copy: keeping a chunk costs a reference, and the bytes are
+joined only when someone joins.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 from zope.interface import implementer
 
@@ -19,25 +25,28 @@ class Scrollback:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._buffer = bytearray()
+        self._chunks: deque[bytes] = deque()
+        self._total = 0  # bytes in _chunks
+        self._skip = 0  # bytes of the oldest chunk that are no longer kept
 
     def device_data(self, data: bytes) -> None:
-        buffer = self._buffer
-        buffer += data
-        excess = len(buffer) - self.size
-        if excess > 0:
-            # Trimming once per chunk, not per byte: the cost is one memmove
-            # of at most ``size`` bytes.
-            del buffer[:excess]
+        chunks = self._chunks
+        chunks.append(data)
+        self._total += len(data)
+        # Drop whole chunks that fell out; the oldest kept one may be cut.
+        while self._total - len(chunks[0]) >= self.size:
+            self._total -= len(chunks.popleft())
+        self._skip = max(0, self._total - self.size)
 
     def event(self, text: str) -> None:
         pass  # scrollback is the device's bytes only
 
     def contents(self) -> bytes:
-        return bytes(self._buffer)
+        return b"".join(self._chunks)[self._skip :]
 
     def clear(self) -> None:
-        self._buffer.clear()
+        self._chunks.clear()
+        self._total = self._skip = 0
 
     def close(self) -> None:
         self.clear()

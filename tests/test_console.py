@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -204,6 +206,13 @@ class ScrollbackTests(ConsoleCase):
         self.assertEqual(scrollback.contents(), b"3456789abc")
         scrollback.device_data(b"x" * 25)
         self.assertEqual(scrollback.contents(), b"x" * 10)
+
+    @given(st.integers(1, 300), st.lists(st.binary(max_size=120), max_size=40))
+    def test_any_chunks(self, size: int, chunks: list[bytes]) -> None:
+        scrollback = Scrollback(size)
+        for chunk in chunks:
+            scrollback.device_data(chunk)
+        self.assertEqual(scrollback.contents(), b"".join(chunks)[-size:] if chunks else b"")
 
     def test_replay_then_live_without_gap_or_duplicate(self) -> None:
         hub = self.make(open="always", scrollback=1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -27,7 +28,9 @@ class PortLogCase(SynchronousTestCase):
         self.path = os.path.join(self.dir, "port.log")
         self.clock = Clock()
         self.time = T0
-        self.log = PortLog(LogConfig(path=self.path, **kw), self.clock, "lab1", now=lambda: self.time)
+        self.log = PortLog(
+            LogConfig(path=self.path, **kw), self.clock, "lab1", now=lambda: self.time, threaded=False
+        )
         self.log.open()
         self.addCleanup(self.log.close)
         return self.log
@@ -130,6 +133,21 @@ class TimestampTests(PortLogCase):
         )
 
 
+class ThreadWriterTests(PortLogCase):
+    def test_written_in_order_by_its_thread(self) -> None:
+        self.dir = self.mktemp()
+        os.mkdir(self.dir)
+        self.path = os.path.join(self.dir, "port.log")
+        log = PortLog(LogConfig(path=self.path, timestamps=False), Clock(), "lab1")
+        log.open()
+        chunks = [os.urandom(FLUSH_SIZE) for _ in range(20)]
+        for chunk in chunks:
+            log.device_data(chunk)  # each fills a write
+        log.close()  # waits for the thread to write what is queued
+        self.assertEqual(self.contents(), b"".join(chunks))
+        self.assertFalse(any(t.name == "ser2tcp log lab1" for t in threading.enumerate()))
+
+
 class RotationTests(PortLogCase):
     def test_rotates_at_max_bytes_and_keeps_backups(self) -> None:
         log = self.make(timestamps=False, max_bytes=1000, backups=2)
@@ -161,12 +179,13 @@ class FailingDiskTests(PortLogCase):
     def test_full_disk_suspends_with_one_warning(self) -> None:
         log = self.make(timestamps=False)
         logs = LogCapture(self)
-        real_write = log._file.write  # type: ignore[union-attr]
+        file = log._writer.file  # type: ignore[union-attr]
+        real_write = file.write
 
         def full(data: bytes) -> None:
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        log._file.write = full  # type: ignore[union-attr,method-assign]
+        file.write = full
         for _ in range(5):
             log.device_data(b"12345")
             log.flush()  # never raises into the data path
@@ -175,13 +194,32 @@ class FailingDiskTests(PortLogCase):
         self.assertIn("Port log of lab1 suspended: cannot write", warnings[0])
         self.assertIn("No space left on device", warnings[0])
         self.assertEqual(self.clock.getDelayedCalls(), [])  # suspended: no timer either
-        log._file.write = real_write  # type: ignore[union-attr,method-assign]
+        file.write = real_write
         log.reopen()
         self.assertIn("resumed", logs.text(LogLevel.info))
         self.assertIn("25 byte(s) lost", logs.text(LogLevel.info))
         log.device_data(b"back")
         log.flush()
         self.assertEqual(self.contents(), b"back")
+
+    def test_a_disk_slower_than_the_device_loses_log_data_not_device_data(self) -> None:
+        log = self.make(timestamps=False)
+        logs = LogCapture(self)
+
+        class Stalled:
+            def write(self, data: bytes) -> bool:
+                return False  # the writer's queue is full
+
+            def close(self) -> None:
+                pass
+
+        log._writer = Stalled()  # type: ignore[assignment]
+        for _ in range(3):
+            log.device_data(b"x" * FLUSH_SIZE)
+        self.assertEqual(log.lost, 3 * FLUSH_SIZE)
+        warnings = logs.lines(LogLevel.warn)
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("the disk is slower than the device", warnings[0])
 
     def test_missing_directory_cannot_be_opened(self) -> None:
         log = PortLog(LogConfig(path="/nonexistent-dir/port.log"), Clock(), "lab1")
