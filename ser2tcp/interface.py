@@ -8,6 +8,10 @@ lets the core be tested with plain fakes and a ``task.Clock``.
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocol, ITransport
 from zope.interface import Attribute, Interface
 
 
@@ -45,7 +49,7 @@ class ISerialLink(Interface):
 
     name = Attribute("str: the device as configured, for logs")
 
-    def open(protocol):  # type: ignore[no-untyped-def]
+    def open(protocol: IProtocol) -> Deferred[ITransport]:
         """Resolve the device and open it with ``protocol`` attached.
 
         Returns a Deferred firing with the device transport, or failing with
@@ -70,7 +74,7 @@ class ISerialControl(Interface):
     rts = Attribute("bool: RTS as last set")
     break_condition = Attribute("bool: BREAK as last set")
 
-    def settings() -> dict:
+    def settings() -> dict[str, Any]:
         """baudrate, bytesize, parity, stopbits, xonxoff, rtscts."""
 
     def apply(key: str, value: object) -> object:
@@ -79,7 +83,7 @@ class ISerialControl(Interface):
     def set_line(name: str, on: bool) -> bool:
         """Set dtr, rts or break_condition."""
 
-    def modem_lines() -> dict:
+    def modem_lines() -> dict[str, bool]:
         """cts, dsr, ri, cd as booleans."""
 
     def purge(receive: bool, transmit: bool) -> None:
