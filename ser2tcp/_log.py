@@ -13,11 +13,14 @@ import time
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
     globalLogPublisher,
 )
+from zope.interface import provider
 
 NAMESPACE = "ser2tcp"
 
@@ -58,7 +61,8 @@ _fd_refused = 0
 _ACCEPT_TROUBLE = ("EMFILE recovery: Closed socket", "Could not accept new connection")
 
 
-def _watch_accept_errors(event: dict) -> None:
+@provider(ILogObserver)
+def _watch_accept_errors(event: LogEvent) -> None:
     global _last_fd_warning, _fd_refused
     fmt = event.get("log_format") or ""
     if not fmt.startswith(_ACCEPT_TROUBLE):
