@@ -16,7 +16,7 @@ and the device is an :class:`ISerialLink`, so it is tested with fakes.
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from typing import Callable, cast
 
 from twisted.internet import defer, error, task
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
@@ -68,14 +68,16 @@ class _DeviceProtocol(Protocol):
         self._hub = hub
         self.dataReceived = hub.from_device  # type: ignore[method-assign]
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._hub._device_closed(self, reason)
 
 
 class PortHub:
     def __init__(self, link: ISerialLink, clock: IReactorTime | None = None) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            clock = reactor
         self.link = link
         self.clock = clock
         self.state = State.CLOSED
@@ -84,7 +86,7 @@ class PortHub:
         self.sessions: dict[IClientSession, Callable[[bytes], None]] = {}
         # session.deliver of every session, for the hot loop.  A new list on
         # every change, so a client leaving during fan-out breaks nothing.
-        self._deliver: list = []
+        self._deliver: list[Callable[[bytes], None]] = []
         self._device: ITransport | None = None
         self._protocol: _DeviceProtocol | None = None
         self._device_busy = False
@@ -98,7 +100,7 @@ class PortHub:
 
     @property
     def name(self) -> str:
-        return self.link.name
+        return cast(str, self.link.name)  # a zope Attribute: untyped
 
     # clients
 

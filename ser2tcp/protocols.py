@@ -91,7 +91,7 @@ class RawClient(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.hub.from_client(self, data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self.outbox is not None:
             self.outbox.stopProducing()
         if self.joined:

@@ -15,9 +15,9 @@ from twisted.internet import defer, task
 from twisted.internet.interfaces import IProtocolFactory
 
 from . import _log
-from .config import Config, ConfigError, PortConfig, ServerConfig
+from .config import Config, ConfigError, PortConfig, ServerConfig, StartupError
 from .hub import PortHub
-from .listeners import ListenerService, StartupError, make_endpoint
+from .listeners import ListenerService, make_endpoint
 from .protocols import ClientFactory
 from .serial_link import SerialLink
 
@@ -112,7 +112,7 @@ class Ser2TcpService(MultiService):
             raise StartupError(f"{self.config.source}: {e}") from None
 
     def _listeners(self) -> list[ListenerService]:
-        return [s for port in self for s in port if isinstance(s, ListenerService)]  # type: ignore[attr-defined]
+        return [s for port in self for s in port if isinstance(s, ListenerService)]
 
 
 def build_service(config: Config, reactor: Any) -> Ser2TcpService:
