@@ -76,7 +76,6 @@ TARGETS = [
     ),
     Target("churn", "per_s", ">=", 5000, None, "churn >= 5,000 connect/close per second", "/s"),
     Target("churn", "fd_leak", "<=", 0, None, "churn: no fd leak (fds after - before)"),
-    Target("memory", "idle_rss_kib", "<=", 32 * KiB, None, "idle RSS <= 32 MiB", "MiB", KiB),
     Target("memory", "per_client_kib", "<=", 16, None, "<= 16 KiB per idle connected client", "KiB"),
 ]
 

@@ -11,11 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from ._lean import defer_unused_imports
-
-defer_unused_imports()  # before Twisted is imported
-
-from twisted.logger import (  # noqa: E402
+from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
     LogEvent,
@@ -24,11 +20,11 @@ from twisted.logger import (  # noqa: E402
     formatEvent,
     globalLogBeginner,
 )
-from zope.interface import implementer  # noqa: E402
+from zope.interface import implementer
 
-from . import __version__, _log  # noqa: E402
-from .config import Config, ConfigError, StartupError, load_config  # noqa: E402
-from .usb import describe_usb_devices  # noqa: E402
+from . import __version__, _log
+from .config import Config, ConfigError, StartupError, load_config
+from .usb import describe_usb_devices
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
