@@ -9,23 +9,22 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
-from ._lean import defer_unused_imports
-
-defer_unused_imports()  # before Twisted is imported
-
-from twisted.logger import (  # noqa: E402
+from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
+    LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
     globalLogBeginner,
 )
+from zope.interface import implementer
 
-from . import __version__, _log  # noqa: E402
-from .config import Config, ConfigError, StartupError, load_config  # noqa: E402
-from .usb import describe_usb_devices  # noqa: E402
+from . import __version__, _log
+from .config import Config, ConfigError, StartupError, load_config
+from .usb import describe_usb_devices
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,23 +50,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def stderr_observer(stream: TextIO) -> Any:
+@implementer(ILogObserver)
+class _LineObserver:
     """``L: message`` lines, L being the level's first letter, as the original."""
 
-    def observe(event: dict[str, Any]) -> None:
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, event: LogEvent) -> None:
         text = formatEvent(event)
         failure = event.get("log_failure")
         if failure is not None:
             text = f"{text}\n{failure.getTraceback()}"
         level = event.get("log_level", LogLevel.info)
-        stream.write(f"{level.name[0].upper()}: {text}\n")
-        stream.flush()
+        self._stream.write(f"{level.name[0].upper()}: {text}\n")
+        self._stream.flush()
 
+
+def stderr_observer(stream: TextIO) -> ILogObserver:
+    """``L: message`` lines on ``stream``, as the original."""
     # Twisted's own chatter (factories starting, ...) only from WARNING up;
     # ser2tcp's events were filtered by -v already.
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
     predicate.setLogLevelForNamespace(_log.NAMESPACE, LogLevel.debug)
-    return FilteringLogObserver(observe, [predicate])
+    return FilteringLogObserver(_LineObserver(stream), [predicate])
 
 
 def _may_need_tls(config: Config) -> bool:
@@ -108,11 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(e, file=sys.stderr)
         # Let the listeners that did start finish closing (a Unix socket's
         # file is removed one reactor turn after stopListening).
-        reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
-        reactor.run()  # type: ignore[attr-defined]
+        reactor.callLater(0, reactor.stop)
+        reactor.run()
         return 1
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    reactor.run()
     return 0
 
 

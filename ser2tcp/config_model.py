@@ -36,7 +36,7 @@ BYTESIZE_NAMES = {
     "SEVENBITS": serial.SEVENBITS,
     "EIGHTBITS": serial.EIGHTBITS,
 }
-_SYMBOLIC = {
+_SYMBOLIC: dict[str, tuple[Mapping[str, object], tuple[object, ...]]] = {
     "parity": (PARITY_NAMES, serial.Serial.PARITIES),
     "stopbits": (STOPBITS_NAMES, serial.Serial.STOPBITS),
     "bytesize": (BYTESIZE_NAMES, serial.Serial.BYTESIZES),

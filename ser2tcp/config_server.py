@@ -263,10 +263,10 @@ class ServerParser(ParserBase):
             files[key] = value
         names = data.get("allow_client_cn")
         if names is None:
-            return SslConfig(**files)
+            return SslConfig(files["certfile"], files["keyfile"], files.get("ca_certs"))
         at = f"{where}.allow_client_cn"
         if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
             raise Invalid(at, f"expected a list of certificate Common Names, got {show(names)}")
         if "ca_certs" not in files:
             raise Invalid(at, 'needs "ca_certs": without client certificates there is no name to check')
-        return SslConfig(**files, allow_client_cn=tuple(names))
+        return SslConfig(files["certfile"], files["keyfile"], files["ca_certs"], tuple(names))

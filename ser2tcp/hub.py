@@ -16,7 +16,7 @@ and the device is an :class:`ISerialLink`, so it is tested with fakes.
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.internet import defer, error, task
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
@@ -92,7 +92,7 @@ class _DeviceProtocol(Protocol):
         self._hub = hub
         self.dataReceived = hub.from_device  # type: ignore[method-assign]
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._hub._device_closed(self, reason)
 
 
@@ -101,11 +101,13 @@ class PortHub:
         self, link: ISerialLink, clock: IReactorTime | None = None, config: PortConfig | None = None
     ) -> None:
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor
+
+            clock = reactor
         self.link = link
-        self.clock = clock
+        self.clock: IReactorTime = clock
         config = config if config is not None else PortConfig(serial=SerialConfig(), servers=())
-        self.name = config.name or link.name
+        self.name: str = config.name or cast(str, link.name)  # a zope Attribute: untyped
         self.keep_open = config.open == "always"
         self.hold = config.on_loss == "hold"
         self.stats = PortStats()
@@ -124,7 +126,7 @@ class PortHub:
         self.sessions: dict[IClientSession, Callable[[bytes], None]] = {}
         # session.deliver of every session, for the hot loop.  A new list on
         # every change, so a client leaving during fan-out breaks nothing.
-        self._deliver: list = []
+        self._deliver: list[Callable[[bytes], None]] = []
         self._device: ITransport | None = None
         self._protocol: _DeviceProtocol | None = None
         self._device_busy = False

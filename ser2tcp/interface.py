@@ -8,6 +8,8 @@ lets the core be tested with plain fakes and a ``task.Clock``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from zope.interface import Attribute, Interface
 
 
@@ -81,7 +83,7 @@ class ISerialControl(Interface):
     rts = Attribute("bool: RTS as last set")
     break_condition = Attribute("bool: BREAK as last set")
 
-    def settings() -> dict:
+    def settings() -> dict[str, Any]:
         """baudrate, bytesize, parity, stopbits, xonxoff, rtscts."""
 
     def apply(key: str, value: object) -> object:
@@ -90,7 +92,7 @@ class ISerialControl(Interface):
     def set_line(name: str, on: bool) -> bool:
         """Set dtr, rts or break_condition."""
 
-    def modem_lines() -> dict:
+    def modem_lines() -> dict[str, bool]:
         """cts, dsr, ri, cd as booleans."""
 
     def purge(receive: bool, transmit: bool) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
@@ -111,7 +111,7 @@ def clear_stale_socket(path: str) -> None:
 def make_endpoint(reactor: Any, server: ServerConfig) -> IStreamServerEndpoint:
     description = endpoint_string(server)
     try:
-        return endpoints.serverFromString(reactor, description)
+        return cast(IStreamServerEndpoint, endpoints.serverFromString(reactor, description))
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"{server.where}.endpoint: invalid endpoint {description!r}: {e}") from None
 

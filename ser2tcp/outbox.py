@@ -140,7 +140,7 @@ class Outbox:
 
     def _lose(self) -> None:
         # A transport with a producer registered waits for it before closing.
-        self._transport.unregisterProducer()
+        self._transport.unregisterProducer()  # type: ignore[attr-defined]
         self._transport.loseConnection()
 
     def _start_timer(self, seconds: float) -> None:

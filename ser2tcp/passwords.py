@@ -68,10 +68,10 @@ def verify(stored: str, password: str) -> bool:
         mine = hashlib.sha256((salt + password).encode()).hexdigest()
         return hmac.compare_digest(mine, digest.lower())
     _, n, r, p, salt, digest = stored.split("$")
-    mine = hashlib.scrypt(
+    computed = hashlib.scrypt(
         password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), maxmem=64 << 20
     )
-    return hmac.compare_digest(mine, base64.b64decode(digest))
+    return hmac.compare_digest(computed, base64.b64decode(digest))
 
 
 #: Checked against unknown logins, so that a wrong login takes as long as a

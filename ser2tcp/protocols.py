@@ -108,7 +108,7 @@ class RawClient(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.hub.from_client(self, data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self._half_closed is not None:
             if self._half_closed.active():
                 self._half_closed.cancel()

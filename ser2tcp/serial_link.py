@@ -17,13 +17,12 @@ import errno
 import os
 import select
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import serial
 from serial.tools import list_ports
 from twisted.internet import defer, error, main, threads
-from twisted.internet.interfaces import IReactorCore
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IProtocol
 from twisted.internet.serialport import SerialPort
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -46,12 +45,19 @@ CLOSE_FLUSH_TIMEOUT = 10.0
 #: the reactor-driven transport reads and writes the descriptor itself.
 _BLOCKING_ONLY = ("timeout", "write_timeout", "inter_byte_timeout")
 
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorFDSet, IReactorThreads, IReactorTime
+
+    class _Reactor(IReactorFDSet, IReactorThreads, IReactorTime):
+        """The reactor interfaces a SerialLink uses (every reactor on which
+        ser2tcp runs provides them; no one Twisted interface names them all)."""
+
 
 class FdSerialPort(SerialPort):
     """Twisted's SerialPort, opened with every configured pyserial setting."""
 
     def __init__(
-        self, protocol: Protocol, settings: Mapping[str, Any], lines: Mapping[str, bool], reactor: Any
+        self, protocol: IProtocol, settings: Mapping[str, Any], lines: Mapping[str, bool], reactor: Any
     ) -> None:
         self._settings = {k: v for k, v in settings.items() if k not in _BLOCKING_ONLY and k != "port"}
         self._lines = lines
@@ -122,7 +128,6 @@ def is_url(port: str) -> bool:
     return "://" in port
 
 
-@implementer(ISerialLink)
 class DeviceClaims:
     """Which port holds which device, for one daemon.
 
@@ -147,11 +152,12 @@ class DeviceClaims:
         self._holders.pop(key, None)
 
 
+@implementer(ISerialLink)
 class SerialLink:
     def __init__(
         self,
         config: SerialConfig,
-        reactor: IReactorCore,
+        reactor: _Reactor,
         comports: Comports = list_ports.comports,
         port_name: str | None = None,
         claims: DeviceClaims | None = None,
@@ -168,7 +174,7 @@ class SerialLink:
         self.device_path: str | None = None
         self._close_timer: Any = None
 
-    def open(self, protocol: Protocol, in_effect: Mapping[str, Any] | None = None) -> defer.Deferred[Any]:
+    def open(self, protocol: IProtocol, in_effect: Mapping[str, Any] | None = None) -> defer.Deferred[Any]:
         settings, lines = dict(self.config.settings), dict(self.config.lines)
         for key, value in (in_effect or {}).items():
             (lines if key in LINE_KEYS else settings)[key] = value
@@ -182,7 +188,7 @@ class SerialLink:
             if is_url(port) or os.name == "nt":
                 d = threads.deferToThreadPool(
                     self._reactor,
-                    self._reactor.getThreadPool(),  # type: ignore[attr-defined]
+                    self._reactor.getThreadPool(),
                     _open_pyserial,
                     settings,
                     lines,
@@ -204,12 +210,10 @@ class SerialLink:
             return
         transport.loseConnection()
         if self._close_timer is None:
-            self._close_timer = self._reactor.callLater(  # type: ignore[attr-defined]
-                CLOSE_FLUSH_TIMEOUT, transport.abortConnection
-            )
+            self._close_timer = self._reactor.callLater(CLOSE_FLUSH_TIMEOUT, transport.abortConnection)
 
-    def _attach_threaded(self, port: serial.SerialBase, protocol: Protocol) -> Any:
-        self.transport = ThreadedSerialTransport(protocol, port, self._reactor)  # type: ignore[arg-type]
+    def _attach_threaded(self, port: serial.Serial, protocol: IProtocol) -> Any:
+        self.transport = ThreadedSerialTransport(protocol, port, self._reactor)
         return self.transport
 
     def _open_failed(self, failure: Failure) -> Failure:
@@ -235,7 +239,7 @@ class _OpenError(Exception):
     pass
 
 
-def _open_with_lines(device: serial.SerialBase, port: str, lines: Mapping[str, bool]) -> serial.SerialBase:
+def _open_with_lines(device: serial.Serial, port: str, lines: Mapping[str, bool]) -> serial.Serial:
     """Open ``device`` on ``port`` with DTR/RTS as configured from the start
     (set on a closed pyserial object, they are applied by ``open()``)."""
     for name, on in lines.items():
@@ -245,7 +249,7 @@ def _open_with_lines(device: serial.SerialBase, port: str, lines: Mapping[str, b
     return device
 
 
-def _open_pyserial(settings: Mapping[str, Any], lines: Mapping[str, bool]) -> serial.SerialBase:
+def _open_pyserial(settings: Mapping[str, Any], lines: Mapping[str, bool]) -> serial.Serial:
     try:
         settings = dict(settings)
         url = settings.pop("port")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from twisted.application.service import MultiService
 from twisted.internet import defer, task
@@ -17,9 +17,9 @@ from twisted.internet.interfaces import IProtocolFactory
 
 from . import _log
 from .admission import Admission, PortCount
-from .config import Config, ConfigError, PortConfig, ServerConfig
+from .config import Config, ConfigError, PortConfig, ServerConfig, StartupError
 from .hub import PortHub
-from .listeners import ListenerService, StartupError, make_endpoint
+from .listeners import ListenerService, make_endpoint
 from .portlog import PortLog
 from .protocols import ClientFactory
 from .serial_link import DeviceClaims, SerialLink
@@ -120,7 +120,7 @@ class PortService(MultiService):
         # what was read for it; one that has not taken it by the deadline
         # is aborted, so that stopping never takes more than about a second.
         deadline = self.reactor.callLater(DRAIN_TIMEOUT, _abort_slow, sessions)
-        yield defer.DeferredList([s.when_gone() for s in sessions])
+        yield defer.DeferredList([cast(defer.Deferred[None], s.when_gone()) for s in sessions])
         if deadline.active():
             deadline.cancel()
         # abortConnection() completes on the next reactor turn: let clients
@@ -168,11 +168,15 @@ class Ser2TcpService(MultiService):
             port.reopen_log()
 
     def _ports(self) -> list[PortService]:
-        return [s for s in self if isinstance(s, PortService)]  # type: ignore[attr-defined]
+        return [s for s in self if isinstance(s, PortService)]
 
     def probe(self) -> None:
         """Check before daemonizing that every listener can be bound."""
-        self._start(lambda: [listener.probe() for listener in self._listeners()])
+        self._start(self._probe_listeners)
+
+    def _probe_listeners(self) -> None:
+        for listener in self._listeners():
+            listener.probe()
 
     def _start(self, start: Callable[[], object]) -> None:
         try:
@@ -184,7 +188,7 @@ class Ser2TcpService(MultiService):
             raise StartupError(f"{self.config.source}: {e}") from None
 
     def _listeners(self) -> list[ListenerService]:
-        return [s for port in self for s in port if isinstance(s, ListenerService)]  # type: ignore[attr-defined]
+        return [s for port in self._ports() for s in port if isinstance(s, ListenerService)]
 
 
 def reopen_on_signal(reactor: Any, reopen: Callable[[], None]) -> Any:

@@ -8,17 +8,17 @@ one line before anything is daemonized or bound.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.python import usage
 
 from . import __version__, _log
 from .config import Config, ConfigError, StartupError, load_config
-from .service import build_service, install_startup_error_hook
+from .service import Ser2TcpService, build_service, install_startup_error_hook
 from .usb import describe_usb_devices
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """One line on stderr, exit code 1: how every bad config ends."""
     print(message, file=sys.stderr)
     raise SystemExit(1)
@@ -65,7 +65,7 @@ class Options(usage.Options):
             fail(str(e))
 
 
-def makeService(options: Options, reactor: Any = None) -> Any:
+def makeService(options: Options, reactor: Any = None) -> Ser2TcpService:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 

@@ -77,7 +77,7 @@ class TelnetClient(RawClient, telnet.Telnet):
 
     def dataReceived(self, data: bytes) -> None:
         for event in self.decoder.feed(data):
-            if type(event) is bytes:
+            if isinstance(event, bytes):
                 self.hub.from_client(self, event)
             elif event[0] == "verb":
                 self.commandReceived(bytes((event[1],)), bytes((event[2],)))
@@ -95,7 +95,7 @@ class TelnetClient(RawClient, telnet.Telnet):
             elif _log.trace_data:
                 log.debug("{peer}: TELNET command 0x{cmd:02x} ignored", peer=self.peer, cmd=event[1])
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         if self.com_port is not None:
             self.hub.unwatch_modem(self.com_port.modem_changed)
         telnet.Telnet.connectionLost(self, reason)

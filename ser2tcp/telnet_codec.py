@@ -11,7 +11,7 @@ buffers without bound, whatever it is fed.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Union
 
 IAC = 0xFF
 DONT, DO, WONT, WILL, SB = 0xFE, 0xFD, 0xFC, 0xFB, 0xFA
@@ -27,7 +27,7 @@ _IAC_BYTE = b"\xff"
 #   ("verb", verb, option)      IAC WILL/WONT/DO/DONT option
 #   ("sb", payload)             IAC SB payload IAC SE (payload[0] is the option)
 #   ("command", byte)           any other IAC command (NOP, BRK, AYT, GA, ...)
-Event = Union[bytes, tuple]
+Event = Union[bytes, tuple[Any, ...]]
 
 _DATA, _IAC, _VERB, _SB, _SB_IAC = range(5)
 

@@ -18,11 +18,20 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast
 
 from twisted.internet import error
-from twisted.internet.interfaces import IConsumer, IPushProducer, IReactorFromThreads, ITransport
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IProducer,
+    IProtocol,
+    IPushProducer,
+    IReactorFromThreads,
+    ITransport,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -39,11 +48,22 @@ WRITE_SLICE = 4096
 _STOP = object()
 
 
+@implementer(IAddress)
+@dataclass(frozen=True)
+class SerialAddress:
+    """Both ends of a device transport: the pyserial port name or URL."""
+
+    port: str
+
+    def __str__(self) -> str:
+        return self.port
+
+
 @implementer(ITransport, IConsumer, IPushProducer)
 class ThreadedSerialTransport:
     bufferSize = 2**16
 
-    def __init__(self, protocol: Protocol, port: Any, reactor: IReactorFromThreads) -> None:
+    def __init__(self, protocol: IProtocol, port: Any, reactor: IReactorFromThreads) -> None:
         self.protocol = protocol
         self.serial = port  # an open pyserial object
         self._reactor = reactor
@@ -79,7 +99,7 @@ class ThreadedSerialTransport:
             self._producer_paused = True
             self.producer.pauseProducing()
 
-    def writeSequence(self, data: list[bytes]) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
 
     def loseConnection(self) -> None:
@@ -98,8 +118,8 @@ class ThreadedSerialTransport:
         self._reading.set()
         self._writes.put(_STOP)
 
-    def getPeer(self) -> str:
-        return str(self.serial.port)
+    def getPeer(self) -> SerialAddress:
+        return SerialAddress(str(self.serial.port))
 
     getHost = getPeer
 
@@ -116,8 +136,9 @@ class ThreadedSerialTransport:
 
     # IConsumer
 
-    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
-        self.producer = producer
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+        # Only streaming producers are registered here (the hub's gate).
+        self.producer = cast(IPushProducer, producer)
         self._producer_paused = False
 
     def unregisterProducer(self) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IProtocolFactory
@@ -36,8 +38,18 @@ def _read(path: str, where: str) -> bytes:
         raise ConfigError(f"{where}: cannot read {path}: {e.strerror or e}") from None
 
 
-def _public_der(public_key: Any) -> bytes:
-    return public_key.public_bytes(  # type: ignore[no-any-return]
+#: The private keys OpenSSL can serve TLS with (what pyOpenSSL converts).
+_TLS_KEY_TYPES = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+    dsa.DSAPrivateKey,
+)
+
+
+def _public_der(public_key: PublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
@@ -64,6 +76,10 @@ def certificate_options(config: SslConfig, where: str) -> ssl.CertificateOptions
         raise ConfigError(
             f"{where}.keyfile: {config.keyfile} does not match the certificate in {config.certfile}"
         )
+    if not isinstance(key, _TLS_KEY_TYPES):
+        raise ConfigError(
+            f"{where}.keyfile: {config.keyfile} holds a {type(key).__name__}, which cannot serve TLS"
+        )
     kwargs: dict[str, Any] = {}
     if config.ca_certs is not None:
         ca_pem = _read(config.ca_certs, f"{where}.ca_certs")
@@ -75,9 +91,9 @@ def certificate_options(config: SslConfig, where: str) -> ssl.CertificateOptions
             [ssl.Certificate(crypto.X509.from_cryptography(c)) for c in cas]
         )
     return ssl.CertificateOptions(
-        privateKey=key,
-        certificate=chain[0],
-        extraCertChain=chain[1:],
+        privateKey=crypto.PKey.from_cryptography_key(key),
+        certificate=crypto.X509.from_cryptography(chain[0]),
+        extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         **kwargs,
     )
@@ -106,7 +122,7 @@ class TlsClient(RawClient):
         refusal = self._name_refusal()
         if refusal is not None:
             log.info("Client rejected: {peer} ({why})", peer=self.peer, why=refusal)
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.loseConnection()
             return
         self.join()
 
@@ -139,10 +155,10 @@ class TlsClient(RawClient):
                 self._handshake_timer.cancel()
             self._handshake_timer = None
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure | None = None) -> None:
         pending = self._handshake_timer is not None
         self._cancel_handshake_timer()
-        if pending and reason is not None and reason.check(SSL.Error):
+        if pending and reason is not None and isinstance(reason.value, SSL.Error):
             log.info(
                 "Client rejected: {peer} (TLS handshake failed: {why})",
                 peer=self.peer,

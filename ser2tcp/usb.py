@@ -12,8 +12,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
 from serial.tools import list_ports
+from serial.tools.list_ports_common import ListPortInfo
 
-Comports = Callable[[], Iterable[Any]]
+Comports = Callable[[], Iterable[ListPortInfo]]
 
 
 class MatchError(Exception):

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twisted.internet import defer, error
 from twisted.internet.testing import StringTransport
@@ -164,7 +164,9 @@ class Pki:
 
     ``ca`` signs ``server`` (localhost, 127.0.0.1, ::1) and ``client``;
     ``other_ca`` signs ``other_client``.  Bad files: ``encrypted_key``,
-    ``wrong_key`` (valid, but not the server certificate's), ``not_pem``.
+    ``wrong_key`` (valid, but not the server certificate's), ``not_pem``, and
+    ``x25519_cert`` with its ``x25519_key``: a key-agreement key, which no TLS
+    server can authenticate with.
     """
 
     def __init__(self, directory: str) -> None:
@@ -188,6 +190,10 @@ class Pki:
         self.encrypted_key = self._write("encrypted.key", _pem_key(server_key, b"secret"))
         self.wrong_key = self._write("wrong.key", _pem_key(_key()))
         self.not_pem = self._write("not-pem.txt", b"this is not PEM\n\x00\x01\x02")
+        x25519_key = x25519.X25519PrivateKey.generate()
+        x25519_cert = _cert("localhost", x25519_key, "ser2tcp test CA", ca_key, server=True)
+        self.x25519_cert = self._write("x25519.pem", _pem_cert(x25519_cert))
+        self.x25519_key = self._write("x25519.key", _pem_key(x25519_key))
 
     def _write(self, name: str, data: bytes) -> str:
         path = os.path.join(self.directory, name)

@@ -114,7 +114,10 @@ class StopTests(Case):
         unix_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.addCleanup(unix_sock.close)
         unix_sock.connect(unix_path)
-        tls_sock = pki.client_context().wrap_socket(self.connect(tls), server_hostname="localhost")
+        # A missing close_notify raises SSLEOFError instead of reading as an end.
+        tls_sock = pki.client_context().wrap_socket(
+            self.connect(tls), server_hostname="localhost", suppress_ragged_eofs=False
+        )
         self.addCleanup(tls_sock.close)
         everyone = [*socks, telnet_sock, unix_sock, tls_sock]
         daemon.wait_output("Client connected", len(everyone))

@@ -14,14 +14,14 @@ from typing import Any, Callable
 
 import serial
 from twisted.internet import defer, error, reactor, task
-from twisted.internet.interfaces import IConsumer, IPushProducer, ITransport
+from twisted.internet.interfaces import IAddress, IConsumer, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from ser2tcp.threaded_serial import POLL_INTERVAL, ThreadedSerialTransport
+from ser2tcp.threaded_serial import POLL_INTERVAL, SerialAddress, ThreadedSerialTransport
 from tests.helpers import wait_for
 
 
@@ -159,7 +159,9 @@ class LoopTests(ThreadedSerialTestCase):
         self.assertEqual(protocol.made, 1)
         self.assertIs(protocol.transport, transport)
         self.assertTrue(transport.connected)
-        self.assertEqual(transport.getPeer(), "loop://")
+        self.assertTrue(verifyObject(IAddress, transport.getPeer()))
+        self.assertEqual(transport.getPeer(), SerialAddress("loop://"))
+        self.assertEqual(str(transport.getHost()), "loop://")
 
     @defer.inlineCallbacks
     def test_every_byte_value_comes_back(self) -> Any:

@@ -95,6 +95,10 @@ class CertificateOptions(SynchronousTestCase):
         config = SslConfig(self.pki.server_cert, self.pki.server_cert)
         self.check_error(config, "keyfile", self.pki.server_cert)
 
+    def test_key_that_cannot_serve_tls(self) -> None:
+        config = SslConfig(self.pki.x25519_cert, self.pki.x25519_key)
+        self.check_error(config, "keyfile", self.pki.x25519_key, "X25519PrivateKey", "cannot serve TLS")
+
     def test_cert_not_pem(self) -> None:
         self.check_error(SslConfig(self.pki.not_pem, self.pki.server_key), "certfile", self.pki.not_pem)
 
