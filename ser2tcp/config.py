@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from .config_check import Invalid, choice, count, is_int, is_number, show
+from .config_http import HttpParser
 from .config_model import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_REOPEN_INTERVAL,
@@ -42,7 +43,10 @@ from .config_model import (
     StartupError,
 )
 from .config_serial import SerialParser
-from .config_server import ServerParser, check_listeners_unique
+from .config_server import check_listeners_unique
+
+#: Keys of the config object.
+ROOT_KEYS = ("ports", "http", "users", "tokens")
 
 
 def load_config(path: str) -> Config:
@@ -88,11 +92,17 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
     parser = _Parser(source)
     try:
         ports = parser.root(data)
+        extra = data if isinstance(data, dict) else {}
+        http = parser.http(extra.get("http"))
+        users = parser.users(extra.get("users"))
+        tokens = parser.tokens(extra.get("tokens"))
     except Invalid as e:
         raise ConfigError(
             f"{source}: {e.where}: {e.problem}" if e.where else f"{source}: {e.problem}"
         ) from None
-    return Config(ports=ports, warnings=tuple(parser.warnings), source=source)
+    return Config(
+        ports=ports, warnings=tuple(parser.warnings), source=source, http=http, users=users, tokens=tokens
+    )
 
 
 def _check_devices_unique(ports: Sequence[PortConfig]) -> None:
@@ -151,13 +161,13 @@ def _name_ports(ports: tuple[PortConfig, ...]) -> tuple[PortConfig, ...]:
     return tuple(named)
 
 
-class _Parser(SerialParser, ServerParser):
+class _Parser(SerialParser, HttpParser):
     """The root and the ports; the serial section and the servers are
     parsed by the mixins of their modules."""
 
     def root(self, data: Any) -> tuple[PortConfig, ...]:
         if isinstance(data, dict):
-            self.warn_unknown(data, ("ports",), "")
+            self.warn_unknown(data, ROOT_KEYS, "")
             ports = data.get("ports", [])
             where = "ports"
             if not isinstance(ports, list):

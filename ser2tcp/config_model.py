@@ -277,3 +277,7 @@ class Config:
     #: Non-fatal remarks (unknown keys), each a full line for the log.
     warnings: tuple[str, ...] = ()
     source: str = ""
+    #: The HTTP side (:mod:`ser2tcp.config_http`): servers, users, tokens.
+    http: tuple[Any, ...] = ()
+    users: tuple[Any, ...] = ()
+    tokens: tuple[Any, ...] = ()
