@@ -39,7 +39,8 @@ class PortCount:
 
 
 class Refusal(Exception):
-    """Why a connection is refused; ``kind`` is "denied" or "full"."""
+    """Why a connection is refused; ``kind`` is "denied" (allow/deny) or
+    "refused" (a connection limit)."""
 
     def __init__(self, kind: str, why: str) -> None:
         super().__init__(why)
@@ -63,7 +64,7 @@ class Admission:
             raise Refusal("denied", rule)
         full = self._full(already=0)
         if full is not None and not (self.server.on_full == "kick_oldest" and self._oldest(None)):
-            raise Refusal("full", full)
+            raise Refusal("refused", full)
 
     def admitted(self, member: Member) -> None:
         self.members[member] = None

@@ -161,6 +161,7 @@ class PortHub:
         if replay and self.scrollback is not None and access != "wo":
             session.deliver(self.scrollback.contents())
         self.event(f"client {session.peer} connected")
+        self.stats.connections[getattr(session, "protocol", "?")] += 1
         self.sessions[session] = _send_nothing if access == "wo" else session.deliver
         if access == "ro":
             self._discarded[session] = 0
@@ -371,6 +372,7 @@ class PortHub:
                 why=why,
                 n=len(sessions),
             )
+        self.stats.drops["open_failed"] += len(sessions)
         for session in sessions:
             session.refuse(f"cannot open serial port {self.name}: {why}")
 
@@ -412,6 +414,7 @@ class PortHub:
             sessions, self.sessions = list(self.sessions), {}
             self._forget_read_only_all(sessions)
             self._deliver = []
+            self.stats.drops["device_lost"] += len(sessions)
             for session in sessions:
                 session.close(f"serial port {self.name} lost: {why}")
         waiting, self._waiting_closed = self._waiting_closed, []

@@ -48,6 +48,9 @@ class Outbox:
         self._on_drop = on_drop
         self._queue: deque[bytes] = deque()
         self.queued = 0  # bytes in our queue (not counting Twisted's buffer)
+        self.sent = 0  # bytes handed to this client (sent or queued), for status
+        #: Why drop() cut the client off: "send_timeout" or "buffer_limit".
+        self.drop_reason: str | None = None
         self.paused = False
         self.closed = False
         self._finishing = False
@@ -58,6 +61,7 @@ class Outbox:
         """Hand ``data`` to the transport now, or queue it while paused."""
         if self.closed:
             return
+        self.sent += len(data)
         if not self.paused:
             self._write(data)
             return
@@ -65,7 +69,7 @@ class Outbox:
         if self._held:
             limit = HOLD_LIMIT if limit is None else min(limit, HOLD_LIMIT)
         if limit is not None and self.queued + len(data) > limit:
-            self.drop(f"buffer_limit of {limit} bytes exceeded")
+            self.drop(f"buffer_limit of {limit} bytes exceeded", "buffer_limit")
             return
         self._queue.append(data)
         self.queued += len(data)
@@ -85,10 +89,11 @@ class Outbox:
         if not self._queue:
             self._lose()
 
-    def drop(self, why: str) -> None:
+    def drop(self, why: str, reason: str = "dropped") -> None:
         """Abort the connection now, discarding what is queued."""
         if self.closed:
             return
+        self.drop_reason = reason
         self._close()
         self._on_drop(why)
         self._transport.abortConnection()  # type: ignore[attr-defined]
@@ -148,7 +153,7 @@ class Outbox:
 
     def _expired(self, seconds: float) -> None:
         self._timer = None
-        self.drop(f"no send progress for {seconds:g} s (send_timeout)")
+        self.drop(f"no send progress for {seconds:g} s (send_timeout)", "send_timeout")
 
     def _close(self) -> None:
         self.closed = True

@@ -7,7 +7,8 @@ someone asks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -22,6 +23,11 @@ class PortStats:
     #: The device path in use, and since when (reactor seconds); None when closed.
     device: str | None = None
     opened_at: float | None = None
+    #: Clients that joined, by protocol ("tcp", "telnet", ...).
+    connections: Counter[str] = field(default_factory=Counter)
+    #: Clients cut off or turned away, by reason: send_timeout, buffer_limit,
+    #: kicked, refused, denied, device_lost, open_failed.
+    drops: Counter[str] = field(default_factory=Counter)
 
     def opened(self, device: str | None, now: float) -> None:
         self.device_opens += 1

@@ -8,6 +8,7 @@ what goes on the wire.  A client's device data goes through its own
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from twisted.internet import defer
@@ -26,6 +27,8 @@ from .outbox import Outbox
 from .sockopts import set_keepalive
 
 log = _log.logger("client")
+
+_ids = itertools.count(1)
 
 
 def describe_peer(address: Any) -> str:
@@ -58,6 +61,11 @@ class RawClient(Protocol):
         self.server = server
         self.clock = clock
         self.peer = "?"
+        #: Unique in the daemon: how status and DELETE /api/clients name it.
+        self.id = next(_ids)
+        self.protocol = server.protocol
+        self.connected_at = clock.seconds()
+        self.bytes_received = 0
         self._gone_waiters: list[defer.Deferred[None]] = []
 
     def connectionMade(self) -> None:
@@ -106,6 +114,7 @@ class RawClient(Protocol):
             )
 
     def dataReceived(self, data: bytes) -> None:
+        self.bytes_received += len(data)
         self.hub.from_client(self, data)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
@@ -188,6 +197,7 @@ class RawClient(Protocol):
         leave the port at once, tell a person why, close after flushing."""
         if self.joined:
             self.hub.detach(self)
+        self.hub.stats.drops["kicked"] += 1
         if _log.info:
             log.info("Client disconnected: {peer}: {why}", peer=self.peer, why=why)
         self.refuse(why)
@@ -199,6 +209,8 @@ class RawClient(Protocol):
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     def _dropped(self, why: str) -> None:
+        if self.outbox is not None and self.outbox.drop_reason:
+            self.hub.stats.drops[self.outbox.drop_reason] += 1
         log.info("Client dropped: {peer}: {why}", peer=self.peer, why=why)
 
 
@@ -243,13 +255,14 @@ class ClientFactory(Factory):
         except Refusal as refusal:
             log.info(
                 "Client {kind}: {peer} {proto} to {port} ({why})",
-                kind="denied" if refusal.kind == "denied" else "refused",
+                kind=refusal.kind,
                 peer=describe_peer(addr),
                 proto=self.server.protocol.upper(),
                 port=self.hub.name,
                 why=refusal.why,
             )
-            line = self.refusal_line(f"port busy: {refusal.why}") if refusal.kind == "full" else None
+            self.hub.stats.drops[refusal.kind] += 1
+            line = self.refusal_line(f"port busy: {refusal.why}") if refusal.kind == "refused" else None
             # TLS: refused before the handshake, so without a byte.
             return Refused(line, abort=self.server.protocol == "ssl")
         protocol = self.protocol_class(self.hub, self.server, self.clock)

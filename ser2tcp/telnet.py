@@ -76,6 +76,7 @@ class TelnetClient(RawClient, telnet.Telnet):
             self.outbox.send(data)
 
     def dataReceived(self, data: bytes) -> None:
+        self.bytes_received += len(data)
         for event in self.decoder.feed(data):
             if isinstance(event, bytes):
                 self.hub.from_client(self, event)
