@@ -91,8 +91,12 @@ class PortService(MultiService):
             self.port_log = PortLog(port.log, reactor, self.hub.name)
             self.hub.taps.append(self.port_log)
         count = PortCount(port.max_connections)
+        #: Each server's admission: its clients in order, for status pages.
+        self.admissions: list[Admission] = []
         for server in port.servers:
-            factory = FACTORIES[server.protocol](self.hub, server, reactor, Admission(server, count))
+            admission = Admission(server, count)
+            self.admissions.append(admission)
+            factory = FACTORIES[server.protocol](self.hub, server, reactor, admission)
             ListenerService(make_endpoint(reactor, server), factory, server).setServiceParent(self)
 
     def startService(self) -> None:
@@ -146,6 +150,12 @@ class Ser2TcpService(MultiService):
         claims = DeviceClaims()  # one device, one port
         for port in config.ports:
             PortService(port, reactor, claims).setServiceParent(self)
+        if config.http:
+            # twisted.web and prometheus_client are loaded only when used.
+            from .http_service import http_listeners
+
+            for listener in http_listeners(config, self._ports, reactor):
+                listener.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         self._start(super().privilegedStartService)
@@ -154,6 +164,10 @@ class Ser2TcpService(MultiService):
         for warning in self.config.warnings:
             log.warn("{warning}", warning=warning)
         self._start(super().startService)
+        if self.config.http:
+            from .http_service import warn_if_open
+
+            warn_if_open(self.config)
         if any(port.port_log is not None for port in self._ports()):
             self._previous_usr1 = reopen_on_signal(self._reactor, self.reopen_logs)
 
@@ -188,7 +202,8 @@ class Ser2TcpService(MultiService):
             raise StartupError(f"{self.config.source}: {e}") from None
 
     def _listeners(self) -> list[ListenerService]:
-        return [s for port in self._ports() for s in port if isinstance(s, ListenerService)]
+        ours = [s for s in self if isinstance(s, ListenerService)]
+        return [s for port in self._ports() for s in port if isinstance(s, ListenerService)] + ours
 
 
 def reopen_on_signal(reactor: Any, reopen: Callable[[], None]) -> Any:

@@ -1,0 +1,54 @@
+"""The HTTP servers of a config, as listeners beside the ports' ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.interfaces import IProtocolFactory
+
+from . import _log
+from .config import Config
+from .listeners import ListenerService, make_endpoint
+from .status import PortView
+from .web import WebRoot, build_site, is_loopback
+
+log = _log.logger("http")
+
+
+def http_listeners(
+    config: Config, ports: Callable[[], Iterable[PortView]], reactor: Any
+) -> list[ListenerService]:
+    """One listener per ``http`` entry, all serving one resource tree."""
+    tree = WebRoot(ports, reactor.seconds())
+    guarded = None
+    if config.users or config.tokens:
+        from .webauth import Checker
+        from .webauth import guarded as guard
+
+        guarded = guard(tree, Checker(config.users, config.tokens, reactor.getThreadPool()))
+    listeners = []
+    for http in config.http:
+        site: IProtocolFactory = build_site(http, tree, guarded, reactor)
+        if http.listen.ssl is not None:
+            from .tls import certificate_options, wrap_tls
+
+            site = wrap_tls(site, certificate_options(http.listen.ssl, f"{http.listen.where}.ssl"), reactor)
+        listeners.append(ListenerService(make_endpoint(reactor, http.listen), site, http.listen))
+    return listeners
+
+
+def warn_if_open(config: Config) -> None:
+    """Without users or tokens the API is open: fine on loopback, worth a
+    WARNING anywhere else."""
+    if config.users or config.tokens:
+        return
+    for http in config.http:
+        listen = http.listen
+        if listen.endpoint is not None or not is_loopback(listen.address):
+            log.warn(
+                "{where}: HTTP {label} needs no login (no users or tokens configured): "
+                "anyone who reaches it can see the ports and disconnect clients",
+                where=listen.where,
+                label=listen.label.split(" ", 1)[1],
+            )
