@@ -42,12 +42,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("-u", "--usb", action="store_true", help="list USB serial devices and exit")
     parser.add_argument("-c", "--config", help="JSON config file")
+    parser.add_argument(
+        "--hash-password",
+        action="store_true",
+        help="read a password (no echo on a terminal, else one line of standard input) and print "
+        "its hash for the config's users",
+    )
     args = parser.parse_args(argv)
-    if not args.usb and args.config is None:
+    if args.usb or args.hash_password:
+        return args
+    if args.config is None:
         parser.error("the following arguments are required: -c/--config")
-    if not args.usb and not args.config:
+    if not args.config:
         parser.error("-c/--config: the path is empty")
     return args
+
+
+def hash_password(stdin: TextIO) -> int:
+    """``--hash-password``: a salted scrypt hash of one password."""
+    from . import passwords
+
+    if stdin.isatty():
+        import getpass
+
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("ser2tcp: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = stdin.readline().rstrip("\r\n")
+    if not password:
+        print("ser2tcp: empty password", file=sys.stderr)
+        return 1
+    print(passwords.hash_password(password))
+    return 0
 
 
 @implementer(ILogObserver)
@@ -86,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.usb:
         sys.stdout.write(describe_usb_devices())
         return 0
+    if args.hash_password:
+        return hash_password(sys.stdin)
     try:
         config = load_config(args.config)
     except ConfigError as e:
