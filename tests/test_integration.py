@@ -361,11 +361,13 @@ class LoopDeviceTests(Base):
     def test_readme_loop_example_echoes(self):
         with open(os.path.join(REPO, "examples", "loop.json"), encoding="utf-8") as f:
             config = json.load(f)
-        port = free_port()
+        port, telnet, http = free_port(), free_port(), free_port()
         servers = config["ports"][0]["servers"]
         self.assertEqual(servers[0]["port"], 10001)
         servers[0]["port"] = port
-        self.ser2tcp(config, listen=[port])
+        servers[1]["port"] = telnet
+        config["http"]["port"] = http
+        self.ser2tcp(config, listen=[port, telnet, http])
         sock = self.connect(port)
         data = ALL_BYTES + os.urandom(256 * 1024)
         sender = Background(send_all, sock, data, self.deadline(30))
