@@ -15,12 +15,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness import FigureTimeout, is_listening
+from harness import FigureTimeout, free_port, is_listening
 
 BENCH_DIR = Path(__file__).resolve().parent
 ORIGINAL_VENV = BENCH_DIR / ".peers" / "ser2tcp-2.3.0"
@@ -55,6 +57,8 @@ class Profile:
     multi_client: bool = True
     #: True when send_timeout/buffer_limit are honoured
     slow_client_options: bool = False
+    #: True when the proxy serves /metrics, scraped once a second while it runs
+    scrape: bool = False
 
     def executable(self) -> str | None:
         """The program's path, or None when it is not installed (skipped)."""
@@ -83,7 +87,9 @@ class Profile:
         return lines[0] if lines else "unknown"
 
 
-def _ser2tcp_config(pty: str, port: int, tmpdir: Path, opts: ServerOptions, console: bool = False) -> Path:
+def _ser2tcp_config(
+    pty: str, port: int, tmpdir: Path, opts: ServerOptions, console: bool = False, http: bool = False
+) -> Path:
     """The JSON config; the original 2.3.0 reads the very same format.
 
     ``console``: the port also keeps a timestamped port log and 64 KiB of
@@ -99,7 +105,11 @@ def _ser2tcp_config(pty: str, port: int, tmpdir: Path, opts: ServerOptions, cons
     if console:
         port_config["log"] = {"path": str(tmpdir / "port.log"), "timestamps": True}
         port_config["scrollback"] = 65536
-    config = {"ports": [port_config]}
+    config: dict[str, object] = {"ports": [port_config]}
+    if http:
+        http_port = free_port()
+        (tmpdir / "http_port").write_text(str(http_port))
+        config["http"] = {"address": "127.0.0.1", "port": http_port}
     path = tmpdir / "ser2tcp.json"
     path.write_text(json.dumps(config, indent=2))
     return path
@@ -112,6 +122,34 @@ def _ser2tcp_argv(exe: str, pty: str, port: int, tmpdir: Path, opts: ServerOptio
 
 def _ser2tcp_console_argv(exe: str, pty: str, port: int, tmpdir: Path, opts: ServerOptions) -> list[str]:
     return [exe, "-c", str(_ser2tcp_config(pty, port, tmpdir, opts, console=True))]
+
+
+def _ser2tcp_http_argv(exe: str, pty: str, port: int, tmpdir: Path, opts: ServerOptions) -> list[str]:
+    return [exe, "-c", str(_ser2tcp_config(pty, port, tmpdir, opts, http=True))]
+
+
+class Scraper:
+    """GET /metrics once a second, as Prometheus would, while a figure runs."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as answer:
+                    answer.read()
+                self.scrapes += 1
+            except OSError:
+                pass  # not listening yet, or stopping
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
 
 
 def _socat_argv(exe: str, pty: str, port: int, tmpdir: Path, opts: ServerOptions) -> list[str]:
@@ -180,6 +218,15 @@ PROFILES: dict[str, Profile] = {
             slow_client_options=True,
         ),
         Profile(
+            "ser2tcp-http",
+            "this checkout with an HTTP server whose /metrics is scraped once a second",
+            _file(Path(sys.executable).parent / "ser2tcp"),
+            _ser2tcp_http_argv,
+            ["-V"],
+            slow_client_options=True,
+            scrape=True,
+        ),
+        Profile(
             "socat",
             "socat TCP-LISTEN:P,reuseaddr FILE:/dev/pts/N,raw,echo=0 (one client)",
             _which("socat"),
@@ -245,6 +292,8 @@ class ProxyProcess:
             raise RuntimeError(f"{profile.name} is not installed")
         self.argv = profile.argv(exe, pty, port, tmpdir, opts or ServerOptions())
         self.proc: subprocess.Popen[bytes] | None = None
+        self.scraper: Scraper | None = None
+        self._tmpdir = tmpdir
 
     @property
     def pid(self) -> int:
@@ -270,6 +319,8 @@ class ProxyProcess:
             if time.monotonic() > deadline:
                 raise FigureTimeout(f"{self.profile.name} did not listen within {timeout:g} s")
             time.sleep(0.01)
+        if self.profile.scrape:
+            self.scraper = Scraper(int((self._tmpdir / "http_port").read_text()))
         return self
 
     def alive(self) -> bool:
@@ -278,6 +329,9 @@ class ProxyProcess:
 
     def stop(self, grace: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit code."""
+        if self.scraper is not None:
+            self.scraper.stop()
+            self.scraper = None
         proc = self.proc
         if proc is None:
             return None

@@ -40,6 +40,7 @@ _GROWTH_KIB = (SLOW_BUFFER_LIMIT + 1024 * KiB) / KiB
 _ORIG = "ser2tcp-2.3.0"
 _TUNED = "ser2net-tuned"
 _CONSOLE = "ser2tcp-console"
+_HTTP = "ser2tcp-http"
 
 TARGETS = [
     Target("throughput_down", "mib_s", ">=", 0.95, "socat", "device -> 1 client >= 0.95 x socat", "MiB/s"),
@@ -55,6 +56,17 @@ TARGETS = [
         "device -> 1 client, plain <= 1.11 x with port log + scrollback (these cost <= 10%)",
         "MiB/s",
     ),
+    # HTTP configured and /metrics scraped once a second cost at most 3%.
+    Target(
+        "throughput_down",
+        "mib_s",
+        "<=",
+        1 / 0.97,
+        _HTTP,
+        "device -> 1 client, plain <= 1.03 x with /metrics scraped each second",
+        "MiB/s",
+    ),
+    Target("latency", "p50_us", ">=", 1 / 1.03, _HTTP, "round trip p50, plain >= 0.97 x with HTTP", "µs"),
     Target("latency", "p50_us", "<=", 1.15, "socat", "round trip p50 <= 1.15 x socat", "µs"),
     Target("latency", "p50_us", "<=", 1.3, _TUNED, "round trip p50 <= 1.3 x tuned ser2net", "µs"),
     Target("latency", "p99_us", "<=", 1.5, "socat", "round trip p99 <= 1.5 x socat", "µs"),
