@@ -16,6 +16,7 @@ happens at a limit is decided here.
 
 from __future__ import annotations
 
+from typing import Any
 from typing import Protocol as Typing
 
 from .config import ServerConfig
@@ -24,7 +25,7 @@ from .config import ServerConfig
 class Member(Typing):
     """What admission needs of a client: its name, and a way to end it."""
 
-    peer: str
+    peer: Any  # how logs name it
     joined: bool
 
     def disconnect(self, why: str) -> None: ...

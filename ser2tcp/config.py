@@ -96,6 +96,14 @@ def parse_config(data: Any, source: str = "<config>") -> Config:
         http = parser.http(extra.get("http"))
         users = parser.users(extra.get("users"))
         tokens = parser.tokens(extra.get("tokens"))
+        if not http:
+            for port in ports:
+                for server in port.servers:
+                    if server.protocol == "websocket":
+                        raise Invalid(
+                            f"{server.where}.protocol",
+                            'a websocket server is served by the HTTP servers: add an "http" section',
+                        )
     except Invalid as e:
         raise ConfigError(
             f"{source}: {e.where}: {e.problem}" if e.where else f"{source}: {e.problem}"

@@ -14,7 +14,7 @@ import serial
 
 from .ipfilter import IpFilter
 
-PROTOCOLS = ("tcp", "telnet", "ssl", "socket")
+PROTOCOLS = ("tcp", "telnet", "ssl", "socket", "websocket")
 #: Other spellings of a protocol: the newer original ser2tcp says "tls".
 PROTOCOL_ALIASES = {"tls": "ssl"}
 
@@ -85,6 +85,7 @@ RFC2217_POLICIES = ("apply", "ignore", "reject")
 
 SERVER_KEYS = (
     "rfc2217",
+    "settings",
     "protocol",
     "address",
     "port",
@@ -138,6 +139,8 @@ MAX_CONFIG_BYTES = 1 << 20
 #: Server keys that only some protocols understand (``rfc2217`` has its own check).
 PROTOCOL_ONLY = {
     "port": ("tcp", "telnet", "ssl"),
+    "address": ("tcp", "telnet", "ssl", "socket"),
+    "settings": ("websocket",),
     "ssl": ("ssl",),
     "tls": ("ssl",),
     "handshake_timeout": ("ssl",),
@@ -202,12 +205,17 @@ class ServerConfig:
     half_close: float = DEFAULT_HALF_CLOSE
     #: A joining client is sent the port's scrollback first.
     replay: bool = False
+    #: websocket: what the terminal's setting and line controls do
+    #: ("apply", "ignore" or "reject", as RFC 2217's policy).
+    settings: str = "apply"
     #: Where this server stands in the config, for messages.
     where: str = ""
 
     @property
     def label(self) -> str:
         """How logs name this listener."""
+        if self.protocol == "websocket":
+            return f"WEBSOCKET /ws/{self.endpoint}"
         if self.endpoint is not None:
             return f"{self.protocol.upper()} {self.endpoint}"
         if self.protocol == "socket":

@@ -13,6 +13,7 @@ from .config_model import (
     DEFAULT_HALF_CLOSE,
     DEFAULT_KEEPALIVE,
     DEFAULT_SEND_TIMEOUT,
+    NAME,
     ON_FULL,
     PROTOCOL_ALIASES,
     PROTOCOL_ONLY,
@@ -33,12 +34,19 @@ def check_listeners_unique(ports: Sequence[PortConfig]) -> None:
     seen: dict[tuple[Any, ...], str] = {}
     for port in ports:
         for server in port.servers:
+            if server.protocol == "websocket":
+                place: tuple[Any, ...] = ("websocket", server.endpoint)
+                at, shown = f"{server.where}.endpoint", f"/ws/{server.endpoint}"
+                if place in seen:
+                    raise Invalid(at, f"{shown} is already used by {seen[place]}")
+                seen[place] = server.where
+                continue
             if server.endpoint is not None:
                 continue  # the user's own string: Twisted says what is wrong
             if server.protocol == "socket":
                 path = str(server.address)
                 directory, name = os.path.split(os.path.abspath(path))
-                place: tuple[Any, ...] = ("unix", os.path.join(os.path.realpath(directory), name))
+                place = ("unix", os.path.join(os.path.realpath(directory), name))
                 at, shown = f"{server.where}.address", path
             else:
                 place = ("tcp", server.address, server.port)
@@ -67,7 +75,18 @@ class ServerParser(ParserBase):
         self.check_belongs(data, protocol, where)
         kw: dict[str, Any] = {"protocol": protocol, "where": where}
 
-        if data.get("endpoint") is not None:
+        if protocol == "websocket":
+            # Not a Twisted endpoint: the path segment of /ws/<endpoint> on
+            # every HTTP server, as the newer original spells it.
+            endpoint = data.get("endpoint")
+            if not isinstance(endpoint, str) or not NAME.match(endpoint):
+                raise Invalid(
+                    f"{where}.endpoint",
+                    f"expected a URL path segment (1-64 of A-Z a-z 0-9 . _ -), got {show(endpoint)}",
+                )
+            kw["endpoint"] = endpoint
+            kw["settings"] = choice(data.get("settings", "apply"), RFC2217_POLICIES, f"{where}.settings")
+        elif data.get("endpoint") is not None:
             endpoint = data["endpoint"]
             if not isinstance(endpoint, str) or not endpoint.strip():
                 raise Invalid(f"{where}.endpoint", f"expected an endpoint string, got {show(endpoint)}")
@@ -148,7 +167,7 @@ class ServerParser(ParserBase):
                 raise Invalid(
                     at_key(where, key), f"only for {' and '.join(protocols)} servers, not {protocol}"
                 )
-        if data.get("endpoint") is not None:
+        if data.get("endpoint") is not None and protocol != "websocket":
             for key in ("address", "port", "mode"):
                 if data.get(key) is not None:
                     raise Invalid(

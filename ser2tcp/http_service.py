@@ -11,7 +11,7 @@ from . import _log
 from .config import Config
 from .listeners import ListenerService, make_endpoint
 from .status import PortView
-from .web import WebRoot, build_site, is_loopback
+from .web import Page, WebRoot, build_site, is_loopback
 
 log = _log.logger("http")
 
@@ -21,6 +21,7 @@ def http_listeners(
 ) -> list[ListenerService]:
     """One listener per ``http`` entry, all serving one resource tree."""
     tree = WebRoot(ports, reactor.seconds())
+    mount_terminals(tree, ports(), reactor)
     guarded = None
     if config.users or config.tokens:
         from .webauth import Checker
@@ -36,6 +37,21 @@ def http_listeners(
             site = wrap_tls(site, certificate_options(http.listen.ssl, f"{http.listen.where}.ssl"), reactor)
         listeners.append(ListenerService(make_endpoint(reactor, http.listen), site, http.listen))
     return listeners
+
+
+def mount_terminals(tree: WebRoot, ports: Iterable[PortView], reactor: Any) -> None:
+    """``/ws/<endpoint>`` and its terminal page ``/xterm/<endpoint>`` for
+    every websocket server."""
+    servers = [(port, a) for port in ports for a in port.admissions if a.server.protocol == "websocket"]
+    if not servers:
+        return
+    from .websocket import WsFactory, WsResource
+
+    for port, admission in servers:
+        endpoint = str(admission.server.endpoint).encode()
+        factory = WsFactory(port.hub, admission.server, reactor, admission)
+        tree.ws.putChild(endpoint, WsResource(factory))
+        tree.xterm.putChild(endpoint, Page("terminal.html"))
 
 
 def warn_if_open(config: Config) -> None:

@@ -28,7 +28,8 @@ from .sockopts import set_keepalive
 
 log = _log.logger("client")
 
-_ids = itertools.count(1)
+#: Client ids, unique in the daemon (all protocols).
+client_ids = itertools.count(1)
 
 
 def describe_peer(address: Any) -> str:
@@ -62,7 +63,7 @@ class RawClient(Protocol):
         self.clock = clock
         self.peer = "?"
         #: Unique in the daemon: how status and DELETE /api/clients name it.
-        self.id = next(_ids)
+        self.id = next(client_ids)
         self.protocol = server.protocol
         self.connected_at = clock.seconds()
         self.bytes_received = 0

@@ -96,6 +96,8 @@ class PortService(MultiService):
         for server in port.servers:
             admission = Admission(server, count)
             self.admissions.append(admission)
+            if server.protocol == "websocket":
+                continue  # served by the HTTP servers (ser2tcp.http_service)
             factory = FACTORIES[server.protocol](self.hub, server, reactor, admission)
             ListenerService(make_endpoint(reactor, server), factory, server).setServiceParent(self)
 

@@ -122,7 +122,7 @@ class TlsClient(RawClient):
         refusal = self._name_refusal()
         if refusal is not None:
             log.info("Client rejected: {peer} ({why})", peer=self.peer, why=refusal)
-            self.transport.loseConnection()
+            self.close(refusal)  # close_notify, then the connection (the outbox lets go first)
             return
         self.join()
 

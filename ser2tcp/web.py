@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
-from twisted.web import http, resource, server
+from twisted.web import http, resource, server, static
 
 from . import _log
 from .config_http import HttpConfig
@@ -183,6 +183,13 @@ class WebRoot(resource.Resource):
         self.putChild(b"", Page("index.html"))
         self.putChild(b"api", Api(ports, started_at))
         self.putChild(b"metrics", MetricsResource(make_registry(ports)))
+        #: Web terminals mount here: /ws/<endpoint> and /xterm/<endpoint>.
+        self.ws = resource.Resource()
+        self.xterm = resource.Resource()
+        self.putChild(b"ws", self.ws)
+        self.putChild(b"xterm", self.xterm)
+        vendor = importlib.resources.files("ser2tcp").joinpath("static").joinpath("vendor")
+        self.putChild(b"vendor", static.File(str(vendor)))
 
 
 class Gate(resource.Resource):
