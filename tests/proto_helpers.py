@@ -176,6 +176,7 @@ class Pki:
         server = _cert("localhost", server_key, "ser2tcp test CA", ca_key, server=True)
         client = _cert("client", client_key, "ser2tcp test CA", ca_key, client=True)
         other_client = _cert("other client", other_client_key, "other CA", other_ca_key, client=True)
+        self._ca_key = ca_key
         self.ca = self._write("ca.pem", _pem_cert(ca))
         self.other_ca = self._write("other-ca.pem", _pem_cert(other_ca))
         self.server_cert = self._write("server.pem", _pem_cert(server))
@@ -188,6 +189,14 @@ class Pki:
         self.encrypted_key = self._write("encrypted.key", _pem_key(server_key, b"secret"))
         self.wrong_key = self._write("wrong.key", _pem_key(_key()))
         self.not_pem = self._write("not-pem.txt", b"this is not PEM\n\x00\x01\x02")
+
+    def issue_client(self, cn: str) -> tuple[str, str]:
+        """A client certificate with Common Name ``cn``, signed by ``ca``:
+        (certificate path, key path)."""
+        key = _key()
+        cert = _cert(cn, key, "ser2tcp test CA", self._ca_key, client=True)
+        stem = "client-" + "".join(c if c.isalnum() else "_" for c in cn)
+        return self._write(f"{stem}.pem", _pem_cert(cert)), self._write(f"{stem}.key", _pem_key(key))
 
     def _write(self, name: str, data: bytes) -> str:
         path = os.path.join(self.directory, name)
