@@ -118,11 +118,20 @@ def port_config(serial_port: str, *servers: dict[str, Any], **settings: Any) -> 
 # sockets
 
 
-def connect(port: int, host: str = "127.0.0.1", rcvbuf: int | None = None, timeout: float = TIMEOUT):
-    """A connected blocking client socket (``rcvbuf`` set before connecting)."""
+def connect(
+    port: int,
+    host: str = "127.0.0.1",
+    rcvbuf: int | None = None,
+    timeout: float = TIMEOUT,
+    source: str | None = None,
+):
+    """A connected blocking client socket (``rcvbuf`` set before connecting;
+    bound to the local address ``source`` if given, e.g. ``"127.0.0.2"``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
+        if source is not None:
+            sock.bind((source, 0))
         if rcvbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.settimeout(timeout)

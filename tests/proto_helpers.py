@@ -178,6 +178,7 @@ class Pki:
         server = _cert("localhost", server_key, "ser2tcp test CA", ca_key, server=True)
         client = _cert("client", client_key, "ser2tcp test CA", ca_key, client=True)
         other_client = _cert("other client", other_client_key, "other CA", other_ca_key, client=True)
+        self._ca_key = ca_key
         self.ca = self._write("ca.pem", _pem_cert(ca))
         self.other_ca = self._write("other-ca.pem", _pem_cert(other_ca))
         self.server_cert = self._write("server.pem", _pem_cert(server))
@@ -194,6 +195,14 @@ class Pki:
         x25519_cert = _cert("localhost", x25519_key, "ser2tcp test CA", ca_key, server=True)
         self.x25519_cert = self._write("x25519.pem", _pem_cert(x25519_cert))
         self.x25519_key = self._write("x25519.key", _pem_key(x25519_key))
+
+    def issue_client(self, cn: str) -> tuple[str, str]:
+        """A client certificate with Common Name ``cn``, signed by ``ca``:
+        (certificate path, key path)."""
+        key = _key()
+        cert = _cert(cn, key, "ser2tcp test CA", self._ca_key, client=True)
+        stem = "client-" + "".join(c if c.isalnum() else "_" for c in cn)
+        return self._write(f"{stem}.pem", _pem_cert(cert)), self._write(f"{stem}.key", _pem_key(key))
 
     def _write(self, name: str, data: bytes) -> str:
         path = os.path.join(self.directory, name)
