@@ -464,14 +464,15 @@ class ServerTests(ConfigTestCase):
         del server["protocol"]
         self.assertEqual(
             self.error(one_port(servers=[server])),
-            'cfg.json: ports[0].servers[0]: missing "protocol" (one of tcp, telnet, ssl, socket, tls)',
+            'cfg.json: ports[0].servers[0]: missing "protocol" '
+            "(one of tcp, telnet, ssl, socket, websocket, tls)",
         )
 
     def test_unknown_protocol(self) -> None:
         self.assertEqual(
             self.error(one_port(servers=[tcp(protocol="udp")])),
             "cfg.json: ports[0].servers[0].protocol: "
-            'expected one of tcp, telnet, ssl, socket, tls, got "udp"',
+            'expected one of tcp, telnet, ssl, socket, websocket, tls, got "udp"',
         )
         message = self.error(one_port(servers=[tcp(protocol=6)]))
         self.assertTrue(
