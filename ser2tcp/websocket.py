@@ -87,6 +87,7 @@ class WsSession(WebSocketServerProtocol):
         self.connected_at = 0.0
         self._gone_waiters: list[defer.Deferred[None]] = []
         self._admitted = False
+        self._shown_state: str | None = None
 
     def tcp(self) -> Any:
         """The TCP connection under the WebSocket."""
@@ -241,6 +242,7 @@ class WsSession(WebSocketServerProtocol):
         settings = None
         if control is not None:
             settings = {**control.settings(), "dtr": control.dtr, "rts": control.rts}
+        self._shown_state = hub.state.value
         self._send_json(
             {
                 "port": hub.name,
@@ -266,6 +268,10 @@ class WsSession(WebSocketServerProtocol):
 
     def resume_reading(self) -> None:
         self.tcp().resumeProducing()
+        # The hub resumes reading once the device is open: the page's
+        # state line follows.
+        if self._shown_state != self.factory.hub.state.value:
+            self.send_port_state()
 
     def close(self, why: str) -> None:
         if self.outbox is not None:

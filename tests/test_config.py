@@ -1185,6 +1185,115 @@ class DuplicateDeviceTests(ConfigTestCase):
         self.assertEqual(len(parse_config(self.ports("loop://", "loop://")).ports), 2)
 
 
+class WebsocketConfigTests(ConfigTestCase):
+    def config(self, *servers: Any, http: Any = None) -> dict[str, Any]:
+        data = one_port(servers=list(servers))
+        data["http"] = {"port": 8080} if http is None else http
+        return data
+
+    def test_websocket_server(self) -> None:
+        server = parse_config(
+            self.config({"protocol": "websocket", "endpoint": "dev-1", "settings": "reject"})
+        )
+        ws = server.ports[0].servers[0]
+        self.assertEqual(
+            (ws.protocol, ws.endpoint, ws.settings, ws.label),
+            ("websocket", "dev-1", "reject", "WEBSOCKET /ws/dev-1"),
+        )
+        self.assertEqual(
+            parse_config(self.config({"protocol": "websocket", "endpoint": "d"}))
+            .ports[0]
+            .servers[0]
+            .settings,
+            "apply",
+        )
+
+    def test_needs_an_http_section(self) -> None:
+        data = one_port(servers=[{"protocol": "websocket", "endpoint": "dev"}])
+        self.assertEqual(
+            self.error(data),
+            "cfg.json: ports[0].servers[0].protocol: "
+            'a websocket server is served by the HTTP servers: add an "http" section',
+        )
+
+    def test_bad_values(self) -> None:
+        for server, problem in (
+            ({"protocol": "websocket"}, ".endpoint: expected a URL path segment"),
+            ({"protocol": "websocket", "endpoint": "a/b"}, ".endpoint: expected a URL path segment"),
+            (
+                {"protocol": "websocket", "endpoint": "d", "settings": "yes"},
+                ".settings: expected one of apply",
+            ),
+            ({"protocol": "websocket", "endpoint": "d", "address": "0.0.0.0"}, ".address: only for"),
+            ({"protocol": "websocket", "endpoint": "d", "port": 80}, ".port: only for"),
+            ({"protocol": "websocket", "endpoint": "d", "allow": ["::1"]}, ".allow: only for"),
+            (tcp(settings="apply"), ".settings: only for websocket servers, not tcp"),
+        ):
+            message = self.error(self.config(server))
+            self.assertTrue(message.startswith("cfg.json: ports[0].servers[0]"), message)
+            self.assertIn(problem, message)
+
+    def test_endpoint_unique(self) -> None:
+        ws = {"protocol": "websocket", "endpoint": "dev"}
+        self.assertEqual(
+            self.error(self.config(ws, ws)),
+            "cfg.json: ports[0].servers[1].endpoint: /ws/dev is already used by ports[0].servers[0]",
+        )
+
+
+class HttpConfigTests(ConfigTestCase):
+    HASH = "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAA"
+
+    def test_http_users_tokens(self) -> None:
+        data = one_port()
+        data["http"] = [
+            {"address": "127.0.0.1", "port": 9100, "metrics_public": True, "allow": ["10.0.0.0/8"]}
+        ]
+        data["users"] = [{"login": "alice", "password": self.HASH}]
+        data["tokens"] = [{"token": "x" * 16, "name": "prometheus"}]
+        config = parse_config(data)
+        (http,) = config.http
+        self.assertEqual(
+            (http.listen.address, http.listen.port, http.metrics_public), ("127.0.0.1", 9100, True)
+        )
+        self.assertEqual(http.ipfilter.refusal("11.0.0.1"), "not in allow")
+        self.assertEqual((config.users[0].login, config.tokens[0].name), ("alice", "prometheus"))
+        data["http"] = {}  # one object, defaults
+        (http,) = parse_config(data).http
+        self.assertEqual(
+            (http.listen.address, http.listen.port, http.listen.protocol), ("0.0.0.0", 8080, "tcp")
+        )
+
+    def test_plain_text_password_is_refused(self) -> None:
+        data = one_port()
+        data["users"] = [{"login": "alice", "password": "hunter2"}]
+        message = self.error(data)
+        self.assertTrue(message.startswith("cfg.json: users[0].password: not a password hash"), message)
+
+    def test_weak_hash_warns(self) -> None:
+        data = one_port()
+        data["users"] = [{"login": "alice", "password": "sha256:00:" + "0" * 64}]
+        (warning,) = [w for w in parse_config(data, "cfg.json").warnings if "users" in w]
+        self.assertIn("cfg.json: users[0].password: a sha256 hash is fast to brute-force", warning)
+
+    def test_bad_values(self) -> None:
+        for key, value, problem in (
+            ("http", 5, "http: expected a list of HTTP servers"),
+            ("http", [{"port": 0}], "http[0].port: expected an integer 1-65535"),
+            ("http", [{"metrics_public": 1}], "http[0].metrics_public: expected true or false"),
+            ("http", [{"deny": ["x"]}], 'http[0].deny[0]: not an IP address or network: "x"'),
+            (
+                "users",
+                [{"login": "a:b", "password": self.HASH}],
+                "users[0].login: expected a name without ':'",
+            ),
+            ("tokens", [{"token": "short"}], "tokens[0].token: expected a secret of at least 16"),
+        ):
+            data = one_port()
+            data[key] = value
+            self.assertIn(problem, self.error(data))
+
+
 # --- property: parse_config never fails with anything but a one-line ConfigError
 
 _scalars = st.one_of(

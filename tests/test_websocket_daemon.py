@@ -61,6 +61,16 @@ class WsCase(Case):
         self.assertEqual(state["port"], "lab1")
         return conn
 
+    def text_until(self, conn: ClientConnection, want: Any, timeout: float = 10) -> dict[str, Any]:
+        """The first text message (the port's state, an error) ``want`` accepts."""
+        for left in ticks(time.monotonic() + timeout):
+            message = conn.recv(timeout=left)
+            if isinstance(message, str):
+                decoded = json.loads(message)
+                if want(decoded):
+                    return dict(decoded)
+        raise AssertionError("no such message")
+
     def recv_binary(self, conn: ClientConnection, n: int, timeout: float = 10) -> bytes:
         """Exactly ``n`` bytes of device data (binary messages); text
         messages (state, notices) are skipped."""
@@ -171,16 +181,15 @@ class ControlTests(WsCase):
         self.start(ws_server())
         conn = self.ws()
         self.d.wait_holds(self.pty_.path)
+        self.text_until(conn, lambda m: m.get("state") == "open")  # the page's state follows the port
         conn.send(json.dumps({"control": "baudrate", "value": 57600}))
-        state = json.loads(conn.recv(timeout=10))
-        self.assertEqual(state["settings"]["baudrate"], 57600)
+        self.text_until(conn, lambda m: (m.get("settings") or {}).get("baudrate") == 57600)
         self.assertEqual(self.pty_.speeds(), (termios.B57600, termios.B57600))
         conn.send(json.dumps({"control": "dtr", "value": False}))
-        self.assertFalse(json.loads(conn.recv(timeout=10))["settings"]["dtr"])
+        self.text_until(conn, lambda m: (m.get("settings") or {}).get("dtr") is False)
         conn.send(json.dumps({"control": "break", "ms": 50}))
-        json.loads(conn.recv(timeout=10))
         conn.send(json.dumps({"control": "nonsense"}))
-        self.assertIn("unknown control", json.loads(conn.recv(timeout=10))["error"])
+        self.assertIn("unknown control", self.text_until(conn, lambda m: "error" in m)["error"])
         self.d.wait_output('{"control": "dtr", "value": false}')
 
     def test_ignore_policy_changes_nothing(self) -> None:
