@@ -8,10 +8,8 @@ what goes on the wire.  A client's device data goes through its own
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
-from twisted.internet import defer
 from twisted.internet.address import UNIXAddress
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
@@ -24,12 +22,10 @@ from .config import ServerConfig
 from .hub import PortHub
 from .interface import IClientSession
 from .outbox import Outbox
+from .session import SessionLife
 from .sockopts import set_keepalive
 
 log = _log.logger("client")
-
-#: Client ids, unique in the daemon (all protocols).
-client_ids = itertools.count(1)
 
 
 def describe_peer(address: Any) -> str:
@@ -48,33 +44,25 @@ def describe_peer(address: Any) -> str:
 
 
 @implementer(IClientSession, IHalfCloseableProtocol)
-class RawClient(Protocol):
+class RawClient(SessionLife, Protocol):
     """A client whose bytes pass to and from the device unchanged."""
 
-    outbox: Outbox | None = None
-    joined = False
     factory: ClientFactory | None = None
     _half_closed: IDelayedCall | None = None
-    gone = False
 
     def __init__(self, hub: PortHub, server: ServerConfig, clock: IReactorTime) -> None:
         self.hub = hub
         self.server = server
         self.clock = clock
         self.peer = "?"
-        #: Unique in the daemon: how status and DELETE /api/clients name it.
-        self.id = next(client_ids)
-        self.protocol = server.protocol
-        self.connected_at = clock.seconds()
-        self.bytes_received = 0
-        self._gone_waiters: list[defer.Deferred[None]] = []
+        self.start_session(clock.seconds())
 
     def connectionMade(self) -> None:
         transport = self.transport
         assert transport is not None
         self.peer = f"{self._peer_address()} {self.server.protocol.upper()}"
         self.outbox = Outbox(
-            transport, self.clock, self.server.send_timeout, self.server.buffer_limit, self._dropped
+            transport, self.clock, self.server.send_timeout, self.server.buffer_limit, self.dropped
         )
         transport.registerProducer(self.outbox, True)  # type: ignore[attr-defined]
         # Device data is small and latency-bound (a console echo): no Nagle.
@@ -90,6 +78,9 @@ class RawClient(Protocol):
         """The connection is usable (for TLS: once the handshake is done)."""
         self.join()
 
+    def admission(self) -> Admission | None:
+        return self.factory.admission if self.factory is not None else None
+
     def _peer_address(self) -> str:
         transport = self.transport
         assert transport is not None
@@ -97,22 +88,6 @@ class RawClient(Protocol):
         if isinstance(peer, UNIXAddress):  # Unix peers are unnamed: name the path
             return describe_peer(transport.getHost())
         return describe_peer(peer)
-
-    def join(self) -> None:
-        """Become a session of the hub: from now on device data flows."""
-        self.joined = True
-        self.hub.attach(self, self.server.access, self.server.replay)
-        if self.factory is not None:
-            self.factory.admission.joined(self)
-        if _log.info:
-            n = len(self.hub.sessions)
-            log.info(
-                "Client connected: {peer} to {port} ({n} client{s})",
-                peer=self.peer,
-                port=self.hub.name,
-                n=n,
-                s="" if n == 1 else "s",
-            )
 
     def dataReceived(self, data: bytes) -> None:
         self.bytes_received += len(data)
@@ -123,25 +98,7 @@ class RawClient(Protocol):
             if self._half_closed.active():
                 self._half_closed.cancel()
             self._half_closed = None
-        if self.factory is not None:
-            self.factory.admission.released(self)
-        if self.outbox is not None:
-            self.outbox.stopProducing()
-        if self.joined:
-            self.hub.detach(self)
-        if _log.info:
-            log.info("Client disconnected: {peer}", peer=self.peer)
-        self.gone = True
-        waiters, self._gone_waiters = self._gone_waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def when_gone(self) -> defer.Deferred[None]:
-        if self.gone:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._gone_waiters.append(d)
-        return d
+        self.leave()
 
     # IHalfCloseableProtocol
 
@@ -193,26 +150,11 @@ class RawClient(Protocol):
     def notice(self, text: str) -> None:
         pass  # a program could take any byte for device data
 
-    def disconnect(self, why: str) -> None:
-        """End this session on purpose (another client took its place):
-        leave the port at once, tell a person why, close after flushing."""
-        if self.joined:
-            self.hub.detach(self)
-        self.hub.stats.drops["kicked"] += 1
-        if _log.info:
-            log.info("Client disconnected: {peer}: {why}", peer=self.peer, why=why)
-        self.refuse(why)
-
     def abort(self, why: str) -> None:
         self.joined = False
         if self.outbox is not None:
             self.outbox.stopProducing()
         self.transport.abortConnection()  # type: ignore[union-attr]
-
-    def _dropped(self, why: str) -> None:
-        if self.outbox is not None and self.outbox.drop_reason:
-            self.hub.stats.drops[self.outbox.drop_reason] += 1
-        log.info("Client dropped: {peer}: {why}", peer=self.peer, why=why)
 
 
 class Refused(Protocol):

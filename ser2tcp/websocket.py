@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
@@ -36,8 +35,8 @@ from .config import ServerConfig
 from .hub import PortHub
 from .interface import IClientSession
 from .outbox import Outbox
-from .protocols import client_ids
 from .rfc2217 import describe_settings
+from .session import SessionLife
 
 log = _log.logger("websocket")
 
@@ -72,20 +71,12 @@ class _Frames:
 
 
 @implementer(IClientSession)
-class WsSession(WebSocketServerProtocol):
+class WsSession(SessionLife, WebSocketServerProtocol):  # type: ignore[misc]  # autobahn's bases differ
     factory: WsFactory
-    outbox: Outbox | None = None
-    joined = False
-    gone = False
-    protocol = "websocket"
 
     def __init__(self) -> None:
         super().__init__()
-        self.id = next(client_ids)
         self.user: str | None = None
-        self.bytes_received = 0
-        self.connected_at = 0.0
-        self._gone_waiters: list[defer.Deferred[None]] = []
         self._admitted = False
         self._shown_state: str | None = None
 
@@ -99,10 +90,10 @@ class WsSession(WebSocketServerProtocol):
         factory = self.factory
         address = self.tcp().getPeer()
         host = getattr(address, "host", "?")
-        self.peer = (
-            f"[{host}]:{address.port} WEBSOCKET" if ":" in host else f"{host}:{address.port} WEBSOCKET"
-        )
-        self.connected_at = factory.clock.seconds()
+        shown = f"[{host}]" if ":" in host else host
+        self.peer = f"{shown}:{getattr(address, 'port', '?')} WEBSOCKET"
+        self.hub, self.server = factory.hub, factory.server
+        self.start_session(factory.clock.seconds())
         origin = request.headers.get("origin")
         if origin and urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower():
             # A page of another site may not use the user's credentials here.
@@ -134,22 +125,11 @@ class WsSession(WebSocketServerProtocol):
             factory.clock,
             factory.server.send_timeout,
             factory.server.buffer_limit,
-            self._dropped,
+            self.dropped,
         )
         self.tcp().registerProducer(self.outbox, True)
         self.send_port_state()
-        self.joined = True
-        factory.hub.attach(self, factory.server.access, factory.server.replay)
-        factory.admission.joined(self)
-        if _log.info:
-            n = len(factory.hub.sessions)
-            log.info(
-                "Client connected: {peer} to {port} ({n} client{s})",
-                peer=self.peer,
-                port=factory.hub.name,
-                n=n,
-                s="" if n == 1 else "s",
-            )
+        self.join()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         self.bytes_received += len(payload)
@@ -164,19 +144,11 @@ class WsSession(WebSocketServerProtocol):
         self.factory.hub.from_client(self, payload)
 
     def onClose(self, wasClean: bool, code: Any, reason: Any) -> None:
-        factory = self.factory
-        if self._admitted:
-            factory.admission.released(self)
-        if self.outbox is not None:
-            self.outbox.stopProducing()
-        if self.joined:
-            factory.hub.detach(self)
-            if _log.info:
-                log.info("Client disconnected: {peer}", peer=self.peer)
-        self.gone = True
-        waiters, self._gone_waiters = self._gone_waiters, []
-        for d in waiters:
-            d.callback(None)
+        if self.started:  # it got as far as onConnect
+            self.leave()
+
+    def admission(self) -> Admission | None:
+        return self.factory.admission if self._admitted else None
 
     # controls
 
@@ -288,25 +260,6 @@ class WsSession(WebSocketServerProtocol):
 
     def notice(self, text: str) -> None:
         self._send_json({"notice": text})
-
-    def disconnect(self, why: str) -> None:
-        if self.joined:
-            self.factory.hub.detach(self)
-            self.joined = False
-        self.factory.hub.stats.drops["kicked"] += 1
-        self.refuse(why)
-
-    def when_gone(self) -> defer.Deferred[None]:
-        if self.gone:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self._gone_waiters.append(d)
-        return d
-
-    def _dropped(self, why: str) -> None:
-        if self.outbox is not None and self.outbox.drop_reason:
-            self.factory.hub.stats.drops[self.outbox.drop_reason] += 1
-        log.info("Client dropped: {peer}: {why}", peer=self.peer, why=why)
 
 
 def _set_line(hub: PortHub, line: str, on: bool) -> None:
