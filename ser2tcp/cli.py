@@ -105,8 +105,15 @@ def stderr_observer(stream: TextIO) -> ILogObserver:
 
 
 def _may_need_tls(config: Config) -> bool:
-    """TLS servers, or endpoint strings (which may say ``ssl:``)."""
-    return any(s.protocol == "ssl" or s.endpoint is not None for p in config.ports for s in p.servers)
+    """TLS servers, HTTP servers (TLS, or endpoint strings), or endpoint
+    strings (which may say ``ssl:``)."""
+    if config.http:
+        return True
+    return any(
+        s.protocol == "ssl" or (s.endpoint is not None and s.protocol != "websocket")
+        for p in config.ports
+        for s in p.servers
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
