@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from typing import Any, Callable, cast
 
-from twisted.internet import defer, error, task
+from twisted.internet import defer, error
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -28,16 +28,13 @@ from . import _log
 from .config import PortConfig, SerialConfig
 from .fastpath import immediate_writer
 from .interface import IClientSession, IDeviceTap, ISerialControl, ISerialLink
+from .modem import ModemWatch
 from .portstats import PortStats
 from .reopen import Reopener
 from .scrollback import Scrollback
 from .serial_control import SETTINGS
 
 log = _log.logger("hub")
-
-#: Seconds between two looks at the modem lines, while an RFC 2217 client
-#: wants to hear about them.
-MODEM_POLL_INTERVAL = 0.5
 
 
 def _in_effect(control: ISerialControl | None) -> dict[str, Any] | None:
@@ -134,9 +131,7 @@ class PortHub:
         self._closing_on_purpose = False
         self._backlog: list[bytes] = []
         self._waiting_closed: list[defer.Deferred[None]] = []
-        self._modem_watchers: list[Callable[[dict[str, bool]], None]] = []
-        self._modem_poll: task.LoopingCall | None = None
-        self._modem_last: dict[str, bool] | None = None
+        self._modem = ModemWatch(self.clock, lambda: self.control)
         # Read-only sessions -> bytes of input they sent that were discarded.
         self._discarded: dict[IClientSession, int] = {}
 
@@ -249,10 +244,7 @@ class PortHub:
         for session in sessions:
             session.notice("ser2tcp is stopping")
             session.close("ser2tcp is stopping")
-        self._modem_watchers.clear()
-        if self._modem_poll is not None:
-            self._modem_poll.stop()
-            self._modem_poll = None
+        self._modem.stop()
         self._deliver = []
         self._reopen.stop()
         for tap in self.taps:
@@ -272,33 +264,11 @@ class PortHub:
         return None
 
     def watch_modem(self, callback: Callable[[dict[str, bool]], None]) -> None:
-        """Call ``callback(lines)`` whenever CTS/DSR/RI/CD change.
-
-        Nothing notifies a change, so the lines are polled, but only while
-        someone watches."""
-        self._modem_watchers.append(callback)
-        if self._modem_poll is None:
-            self._modem_last = None
-            self._modem_poll = task.LoopingCall(self._poll_modem)
-            self._modem_poll.clock = self.clock
-            self._modem_poll.start(MODEM_POLL_INTERVAL, now=False)
+        """Call ``callback(lines)`` whenever CTS/DSR/RI/CD change."""
+        self._modem.watch(callback)
 
     def unwatch_modem(self, callback: Callable[[dict[str, bool]], None]) -> None:
-        if callback in self._modem_watchers:
-            self._modem_watchers.remove(callback)
-        if not self._modem_watchers and self._modem_poll is not None:
-            self._modem_poll.stop()
-            self._modem_poll = None
-
-    def _poll_modem(self) -> None:
-        control = self.control
-        if control is None:
-            return
-        lines = control.modem_lines()
-        if lines != self._modem_last:
-            self._modem_last = lines
-            for callback in list(self._modem_watchers):
-                callback(lines)
+        self._modem.unwatch(callback)
 
     def wait_closed(self) -> defer.Deferred[None]:
         """A Deferred that fires once the device is closed (now, if it is)."""

@@ -33,8 +33,9 @@ from zope.interface.verify import verifyObject
 
 from ser2tcp import __version__
 from ser2tcp.config import ConfigError, ServerConfig, parse_config
-from ser2tcp.hub import MODEM_POLL_INTERVAL, PortHub
+from ser2tcp.hub import PortHub
 from ser2tcp.interface import ISerialControl
+from ser2tcp.modem import MODEM_POLL_INTERVAL
 from ser2tcp.protocols import RawClient
 from ser2tcp.rfc2217 import ComPortServer
 from ser2tcp.serial_control import SerialControl
