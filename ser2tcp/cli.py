@@ -43,6 +43,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("-u", "--usb", action="store_true", help="list USB serial devices and exit")
     parser.add_argument("-c", "--config", help="JSON config file")
     parser.add_argument(
+        "--check",
+        action="store_true",
+        help="validate the config as a start would (certificates, keys, log directories), "
+        "print OK or the one error, and exit",
+    )
+    parser.add_argument(
         "--hash-password",
         action="store_true",
         help="read a password (no echo on a terminal, else one line of standard input) and print "
@@ -123,6 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.hash_password:
         return hash_password(sys.stdin)
+    if args.check:
+        from .check import check_config
+
+        problem = check_config(args.config)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            return 1
+        print(f"{args.config}: OK")
+        return 0
     try:
         config = load_config(args.config)
     except ConfigError as e:

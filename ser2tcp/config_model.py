@@ -174,6 +174,8 @@ class SslConfig:
     ca_certs: str | None = None
     #: Client certificate Common Names let in (None: any the CA signed).
     allow_client_cn: tuple[str, ...] | None = None
+    #: The block's key path ("ports[0].servers[1].tls"), for messages only.
+    where: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

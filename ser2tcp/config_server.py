@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .config_check import Invalid, ParserBase, at_key, choice, count, is_int, is_number, show
@@ -223,7 +224,7 @@ class ServerParser(ParserBase):
         if data.get("ssl") is not None and data.get("tls") is not None:
             raise Invalid(f"{where}.tls", 'give "ssl" or "tls", not both')
         key = "tls" if data.get("tls") is not None else "ssl"
-        return self.ssl(data.get(key), at_key(where, key))
+        return replace(self.ssl(data.get(key), at_key(where, key)), where=at_key(where, key))
 
     def rfc2217(self, data: Any, protocol: str, where: str) -> str:
         if protocol != "telnet":

@@ -27,14 +27,15 @@ def http_listeners(
         from .webauth import Checker
         from .webauth import guarded as guard
 
-        guarded = guard(tree, Checker(config.users, config.tokens, reactor.getThreadPool()))
+        pool = reactor.getThreadPool() if hasattr(reactor, "getThreadPool") else None
+        guarded = guard(tree, Checker(config.users, config.tokens, pool))
     listeners = []
     for http in config.http:
         site: IProtocolFactory = build_site(http, tree, guarded, reactor)
         if http.listen.ssl is not None:
             from .tls import certificate_options, wrap_tls
 
-            site = wrap_tls(site, certificate_options(http.listen.ssl, f"{http.listen.where}.ssl"), reactor)
+            site = wrap_tls(site, certificate_options(http.listen.ssl, http.listen.ssl.where), reactor)
         listeners.append(ListenerService(make_endpoint(reactor, http.listen), site, http.listen))
     return listeners
 

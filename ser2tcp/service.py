@@ -52,7 +52,7 @@ def _tls_factory(hub: PortHub, server: ServerConfig, reactor: Any, admission: Ad
     from .tls import TlsFactory, certificate_options, wrap_tls
 
     assert server.ssl is not None
-    options = certificate_options(server.ssl, f"{server.where}.ssl")
+    options = certificate_options(server.ssl, server.ssl.where or f"{server.where}.ssl")
     return wrap_tls(TlsFactory(hub, server, reactor, admission), options, reactor)
 
 

@@ -40,6 +40,10 @@ class Options(usage.Options):
 
     opt_v = opt_verbose
 
+    def opt_check(self) -> None:
+        """Validate the config (-c) as a start would, print OK or the error, and exit"""
+        self["check"] = True
+
     def opt_usb(self) -> None:
         """List USB serial devices (for "match") and exit"""
         sys.stdout.write(describe_usb_devices())
@@ -59,6 +63,14 @@ class Options(usage.Options):
             raise usage.UsageError("the config file is required: -c CONFIG")
         if not self["config"]:
             raise usage.UsageError("-c/--config: the path is empty")
+        if self.get("check"):
+            from .check import check_config
+
+            problem = check_config(self["config"])
+            if problem is not None:
+                fail(problem)
+            print(f"{self['config']}: OK")
+            raise SystemExit(0)
         try:
             self.config = load_config(self["config"])
         except ConfigError as e:

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import socket
+from typing import Any
 
 from serial.tools import list_ports
 from twisted.trial.unittest import SkipTest
@@ -14,6 +15,7 @@ from twisted.trial.unittest import SkipTest
 from .helpers import (
     REPO,
     SER2TCP,
+    TWIST,
     Case,
     free_port,
     listening_anywhere,
@@ -24,6 +26,7 @@ from .helpers import (
     tcp_server,
     write_config,
 )
+from .proto_helpers import Pki
 
 
 def project_version() -> str:
@@ -270,3 +273,60 @@ class LogLevelTests(Case):
         self.assertEqual(len(down), 1, log)
         self.assertIn(f"127.0.0.1:{client}", up[0])
         self.assertIn(port_name(device), down[0])
+
+
+class CheckTests(Case):
+    """``--check``: what a start would refuse, without starting."""
+
+    def check(self, config: Any, *argv: str) -> Any:
+        path = self.config(config)
+        return path, run([*argv, "--check", "-c", path] if argv else [SER2TCP, "--check", "-c", path])
+
+    def test_good_config_even_with_its_port_in_use(self):
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path, result = self.check({"ports": [port_config("/dev/ttyS-x", tcp_server(port))]})
+        self.assertEqual((result.returncode, result.stdout, result.stderr), (0, f"{path}: OK\n", ""))
+
+    def test_each_kind_of_bad_config(self):
+        pki = Pki(self.tempdir())
+        bad_tls = {"certfile": pki.server_cert, "keyfile": pki.wrong_key}
+        for config, expected in (
+            (
+                {"ports": [{"serial": {"port": "/dev/x", "baudrate": "fast"}, "servers": []}]},
+                "serial.baudrate",
+            ),
+            (
+                {
+                    "ports": [
+                        port_config(
+                            "/dev/x", {"protocol": "ssl", "address": "127.0.0.1", "port": 1, "ssl": bad_tls}
+                        )
+                    ]
+                },
+                "does not match the certificate",
+            ),
+            (
+                {"ports": [port_config("/dev/x", {"protocol": "tcp", "endpoint": "nonsense:1"})]},
+                "invalid endpoint",
+            ),
+            (
+                {"ports": [port_config("/dev/x", tcp_server(1))], "http": {"port": 8080, "tls": bad_tls}},
+                "http[0].tls.keyfile",
+            ),
+        ):
+            path, result = self.check(config)
+            self.assertEqual(result.returncode, 1, result.stdout)
+            (line,) = result.stderr.splitlines()
+            self.assertTrue(line.startswith(f"{path}: "), line)
+            self.assertIn(expected, line)
+            self.assertEqual(result.stdout, "")
+
+    def test_twist_check(self):
+        path, result = self.check(
+            {"ports": [port_config("/dev/x", tcp_server(free_port()))]}, TWIST, "ser2tcp"
+        )
+        self.assertEqual((result.returncode, result.stdout.strip()), (0, f"{path}: OK"))
