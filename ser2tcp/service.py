@@ -18,10 +18,11 @@ from twisted.internet.interfaces import IProtocolFactory
 from . import _log
 from .admission import Admission, PortCount
 from .config import Config, ConfigError, PortConfig, ServerConfig, StartupError
-from .hub import PortHub
+from .hub import PortHub, State
 from .listeners import ListenerService, make_endpoint
 from .portlog import PortLog
 from .protocols import ClientFactory
+from .sdnotify import Notifier
 from .serial_link import DeviceClaims, SerialLink
 
 log = _log.logger("service")
@@ -149,6 +150,7 @@ class Ser2TcpService(MultiService):
         super().__init__()
         self.config = config
         self._reactor = reactor
+        self._notifier = Notifier(reactor)
         claims = DeviceClaims()  # one device, one port
         for port in config.ports:
             PortService(port, reactor, claims).setServiceParent(self)
@@ -166,6 +168,7 @@ class Ser2TcpService(MultiService):
         for warning in self.config.warnings:
             log.warn("{warning}", warning=warning)
         self._start(super().startService)
+        self._notifier.ready(self.summary)
         if self.config.http:
             from .http_service import warn_if_open
 
@@ -174,10 +177,18 @@ class Ser2TcpService(MultiService):
             self._previous_usr1 = reopen_on_signal(self._reactor, self.reopen_logs)
 
     def stopService(self) -> Any:
+        self._notifier.stopping()
         if self._previous_usr1 is not None:
             signal.signal(signal.SIGUSR1, self._previous_usr1)
             self._previous_usr1 = None
         return super().stopService()
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS: ports open, clients."""
+        ports = self._ports()
+        opened = sum(1 for p in ports if p.hub.state is State.OPEN)
+        clients = sum(len(p.hub.sessions) for p in ports)
+        return f"{len(ports)} port(s), {opened} open, {clients} client(s)"
 
     def reopen_logs(self) -> None:
         for port in self._ports():
