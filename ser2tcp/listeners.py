@@ -112,8 +112,37 @@ def make_endpoint(reactor: Any, server: ServerConfig) -> IStreamServerEndpoint:
     description = endpoint_string(server)
     try:
         return cast(IStreamServerEndpoint, endpoints.serverFromString(reactor, description))
+    except IndexError:
+        # Twisted's systemd: endpoint finds sockets by LISTEN_FDNAMES only.
+        return systemd_by_index(reactor, description, server.where)
     except (ValueError, TypeError, KeyError) as e:
         raise ConfigError(f"{server.where}.endpoint: invalid endpoint {description!r}: {e}") from None
+
+
+def systemd_by_index(reactor: Any, description: str, where: str) -> IStreamServerEndpoint:
+    """``systemd:domain=INET:index=N`` when systemd passed sockets without
+    names (``systemd-socket-activate`` without ``--fdname``).
+
+    Twisted finds passed sockets by ``$LISTEN_FDNAMES`` only, and removes
+    ``$LISTEN_FDS`` from the environment as it reads it; the sockets are
+    still there, from descriptor 3 on: descriptor 3 + N is taken if it is a
+    listening socket of that family, else one line says there is none."""
+    args = dict(part.split("=", 1) for part in description.split(":")[1:] if "=" in part)
+    index = int(args.get("index", "0"))
+    family = getattr(socket, "AF_" + args.get("domain", "INET").upper(), None)
+    fd = 3 + index
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+            same_family = sock.family == family
+    except OSError:
+        listening = same_family = False
+    if not (listening and same_family):
+        raise ConfigError(
+            f"{where}.endpoint: {description}: systemd passed no listening socket number {index}; "
+            "start ser2tcp from a .socket unit or systemd-socket-activate"
+        )
+    return endpoints.AdoptedStreamServerEndpoint(reactor, fd, family)
 
 
 class ListenerService(Service):

@@ -20,6 +20,7 @@ from tests.helpers import (
     clean_env,
     free_port,
     port_config,
+    recv_exactly,
     run,
     tcp_server,
     ticks,
@@ -112,3 +113,37 @@ class UnitFileTests(Case):
         result = run([analyze, "verify", copy])
         self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
         self.assertIn("Type=notify", text)
+
+
+class SocketActivationTests(Case):
+    """A listening socket passed by systemd (``systemd-socket-activate``
+    stands in for a .socket unit), with and without ``--fdname``."""
+
+    def serve(self, *fdname: str) -> None:
+        activate = shutil.which("systemd-socket-activate")
+        if activate is None:
+            raise SkipTest("systemd-socket-activate is not installed (.ci/run installs systemd)")
+        pty = self.pty()
+        port = free_port()
+        server = {"protocol": "tcp", "endpoint": "systemd:domain=INET:index=0"}
+        config = self.config({"ports": [port_config(pty.path, server)]})
+        daemon = self.daemon([activate, "-l", f"127.0.0.1:{port}", *fdname, SER2TCP, "-c", config, "-v"])
+        daemon.wait_output("Listening on 127.0.0.1")
+        sock = self.connect(port)  # the first client starts ser2tcp
+        daemon.wait_output("Client connected")
+        daemon.wait_holds(pty.path)
+        pty.write(b"from the device")
+        self.assertEqual(recv_exactly(sock, 15, self.deadline()), b"from the device")
+
+    def test_with_fdname(self) -> None:
+        self.serve("--fdname=ser2tcp")
+
+    def test_without_fdname(self) -> None:
+        self.serve()
+
+    def test_no_socket_passed_is_one_line(self) -> None:
+        server = {"protocol": "tcp", "endpoint": "systemd:domain=INET:index=0"}
+        result = run([SER2TCP, "-c", self.config({"ports": [port_config("/dev/x", server)]})])
+        self.assertEqual(result.returncode, 1)
+        (line,) = result.stderr.splitlines()
+        self.assertIn("ports[0].servers[0].endpoint: systemd:domain=INET:index=0: systemd passed no", line)
