@@ -98,7 +98,8 @@ class UnixSocketServer(Case):
             d = self.daemon(["sh", "-c", f'umask {umask} && exec "$0" -c "$1" -v', SER2TCP, config])
             d.wait_output(f"Listening: SOCKET {self.path}\n")
             self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), expected, umask)
-            self.assertEqual(d.stop(), 0)
+            self.assertEqual(d.stop(timeout=15), 0)
+            wait_until(lambda: not os.path.exists(self.path), what="the socket file removed")
 
     def test_socat(self) -> None:
         reason = missing("socat")
