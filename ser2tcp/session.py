@@ -33,6 +33,8 @@ class SessionLife:
     peer: Any  # how logs name it: "127.0.0.1:4242 TCP"
     outbox: Outbox | None = None
     started = False
+    #: disconnect() was called: it is on its way out.
+    leaving = False
     joined = False
     gone = False
 
@@ -96,7 +98,13 @@ class SessionLife:
     def disconnect(self, why: str) -> None:
         """End this session on purpose (another client took its place, an
         operator over HTTP): leave the port at once, tell a person why,
-        close after flushing."""
+        close after flushing.  Once: a second request finds it leaving."""
+        if self.leaving:
+            return
+        self.leaving = True
+        admission = self.admission()
+        if admission is not None:
+            admission.released(self)  # no longer listed nor counted
         if self.joined:
             self.hub.detach(self.as_session())
         self.hub.stats.drops["kicked"] += 1

@@ -67,6 +67,10 @@ class LimitedChannel(http.HTTPChannel):
         self._cancel_deadline()
         super().connectionLost(reason)
 
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # One header line longer than Twisted's MAX_LENGTH (16 KiB).
+        self._refuse(b"431 Request Header Fields Too Large")
+
     def _too_slow(self) -> None:
         self._deadline = None
         self._refuse(b"408 Request Timeout")
@@ -234,5 +238,7 @@ def build_site(
     config: HttpConfig, tree: resource.Resource, guarded: resource.IResource | None, clock: Any
 ) -> Site:
     public = [b"metrics"] if config.metrics_public else []
-    site = Site(Gate(tree, guarded, config.ipfilter, public), reactor=clock)
+    # An idle connection (nothing sent yet, or between two requests) is
+    # closed as soon as a slow request would be.
+    site = Site(Gate(tree, guarded, config.ipfilter, public), reactor=clock, timeout=REQUEST_TIMEOUT)
     return site

@@ -29,7 +29,6 @@ from tests.helpers import (
     wait_until,
 )
 from tests.proto_helpers import GREETING, Pki
-from tests.test_websocket_daemon import _browser
 
 
 def hash_password(password: str) -> str:
@@ -270,25 +269,3 @@ class LimitTests(HttpCase):
         self.assertTrue(data.startswith(b"HTTP/1.1 408 "), data[:40])
         self.assertGreater(time.monotonic() - started, 9)
         self.status()  # still serving
-
-
-class StatusPageTests(HttpCase):
-    def test_page_shows_clients_and_disconnects_them(self) -> None:
-        self.start()
-        driver = _browser()
-        self.addCleanup(driver.quit)
-        sock = self.connect(self.tcp)
-        self.d.wait_output("Client connected")
-        driver.get(f"http://127.0.0.1:{self.http}/")
-        host, sport = sock.getsockname()
-        row = "[data-client-row] td.peer"
-        wait_until(
-            lambda: any(e.text == f"{host}:{sport}" for e in driver.find_elements("css selector", row)),
-            what="the client on the page",
-        )
-        section = driver.find_element("css selector", "section.port")
-        self.assertIn("lab1", section.text)
-        self.assertIn("open", section.find_element("css selector", ".state").text)
-        driver.find_element("css selector", "button[data-client]").click()
-        self.assertEqual(recv_until_closed(sock, self.deadline()), (b"", "eof"))
-        wait_until(lambda: not driver.find_elements("css selector", row), what="the row gone")
