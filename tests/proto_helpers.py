@@ -406,3 +406,35 @@ class Tmux:
         if os.path.exists(self.socket):
             self._run("kill-server")
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def headless_chromium(profile_dir: str) -> Any:
+    """Debian's chromium driven by selenium, headless, with a fresh profile
+    in ``profile_dir``; SkipTest (with the reason) where it is not installed
+    (``.ci/run`` installs it).  The caller quits it."""
+    from twisted.trial.unittest import SkipTest
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        raise SkipTest("not installed: selenium (pip)") from None
+    if chromium is None or chromedriver is None:
+        raise SkipTest("not installed: chromium and chromium-driver (Debian)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        f"--user-data-dir={profile_dir}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver.set_page_load_timeout(TIMEOUT)
+    return driver

@@ -3,12 +3,8 @@ against the real daemon, with an HTTP server that needs no login."""
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 from typing import Any
-
-from twisted.trial.unittest import SkipTest
 
 from .helpers import (
     TIMEOUT,
@@ -22,47 +18,18 @@ from .helpers import (
     recv_until_closed,
     tcp_server,
 )
+from .proto_helpers import headless_chromium
 
 try:
-    from selenium import webdriver
     from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-except ImportError:  # pragma: no cover - depends on the environment
-    webdriver = None
-
-
-def _program(debian_path: str, name: str) -> str | None:
-    if os.access(debian_path, os.X_OK):
-        return debian_path
-    return shutil.which(name)
-
-
-CHROMIUM = _program("/usr/bin/chromium", "chromium")
-CHROMEDRIVER = _program("/usr/bin/chromedriver", "chromedriver")
-
-
-def skip_reason() -> str | None:
-    """Why the browser tests cannot run here, or None."""
-    missing = [
-        name
-        for name, present in (
-            ("selenium (pip)", webdriver is not None),
-            ("chromium", CHROMIUM is not None),
-            ("chromedriver", CHROMEDRIVER is not None),
-        )
-        if not present
-    ]
-    return f"not installed: {', '.join(missing)}" if missing else None
+except ImportError:  # pragma: no cover - headless_chromium skips then
+    pass
 
 
 class StatusPageTests(Case):
     def setUp(self) -> None:
-        reason = skip_reason()
-        if reason is not None:
-            raise SkipTest(reason)
         self.tty: Pty = self.pty()
         self.port = free_port()
         self.http = free_port()
@@ -75,22 +42,8 @@ class StatusPageTests(Case):
 
     def browser(self) -> Any:
         """A headless Chromium with a fresh profile, quit at cleanup."""
-        options = Options()
-        for argument in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            f"--user-data-dir={self.tempdir()}",
-        ):
-            options.add_argument(argument)
-        options.binary_location = CHROMIUM
-        driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+        driver = headless_chromium(self.tempdir())
         self.addCleanup(driver.quit)
-        driver.set_page_load_timeout(TIMEOUT)
         driver.get(f"http://127.0.0.1:{self.http}/")
         return driver
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import socket
-import tempfile
 import termios
 import time
 from typing import Any
@@ -27,6 +25,7 @@ from tests.helpers import (
     ticks,
     wait_until,
 )
+from tests.proto_helpers import headless_chromium
 
 ALL_BYTES = bytes(range(256))
 
@@ -203,33 +202,6 @@ class ControlTests(WsCase):
         self.assertEqual(self.pty_.read(14), b"still a client")
 
 
-def _browser() -> Any:
-    """Headless Debian chromium driven by selenium, or a skip reason."""
-    from twisted.trial.unittest import SkipTest
-
-    if not (shutil.which("chromium") and shutil.which("chromedriver")):
-        raise SkipTest("chromium and chromium-driver are not installed (.ci/run installs them)")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        raise SkipTest("selenium is not installed") from None
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        f"--user-data-dir={tempfile.mkdtemp(prefix='ser2tcp-chromium-')}",
-    ):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-
-
 class TerminalPageTests(WsCase):
     def screen(self, driver: Any) -> str:
         return str(
@@ -242,7 +214,7 @@ class TerminalPageTests(WsCase):
 
     def test_typing_and_colours_in_a_real_browser(self) -> None:
         self.start(ws_server(), ws_server("watch", access="ro"))
-        driver = _browser()
+        driver = headless_chromium(self.tempdir())
         self.addCleanup(driver.quit)
         driver.get(f"http://127.0.0.1:{self.http}/xterm/dev")
         wait_until(lambda: driver.execute_script("return !!window.term"), what="xterm.js loaded")
@@ -267,7 +239,7 @@ class TerminalPageTests(WsCase):
 
     def test_read_only_page_cannot_type(self) -> None:
         self.start(ws_server("watch", access="ro"))
-        driver = _browser()
+        driver = headless_chromium(self.tempdir())
         self.addCleanup(driver.quit)
         driver.get(f"http://127.0.0.1:{self.http}/xterm/watch")
         wait_until(lambda: driver.execute_script("return !!window.term"), what="xterm.js loaded")
