@@ -7,8 +7,10 @@ logs to stderr as the original did: ``I: Client connected: ...``.
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 from twisted.logger import (
@@ -84,30 +86,61 @@ def hash_password(stdin: TextIO) -> int:
     return 0
 
 
+#: syslog priorities of log levels, as journald reads them from a line's
+#: ``<N>`` prefix (sd-daemon(3)).
+PRIORITIES = {
+    LogLevel.critical: 2,
+    LogLevel.error: 3,
+    LogLevel.warn: 4,
+    LogLevel.info: 6,
+    LogLevel.debug: 7,
+}
+
+
+def goes_to_journal(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``stream`` is journald's: systemd names the device and inode
+    of the stream it connected in ``$JOURNAL_STREAM``."""
+    try:
+        device, inode = (int(n) for n in environ.get("JOURNAL_STREAM", "").split(":"))
+        st = os.fstat(stream.fileno())
+    except (ValueError, OSError, AttributeError, io.UnsupportedOperation):
+        return False
+    return (st.st_dev, st.st_ino) == (device, inode)
+
+
 @implementer(ILogObserver)
 class _LineObserver:
-    """``L: message`` lines, L being the level's first letter, as the original."""
+    """``L: message`` lines, L being the level's first letter, as the
+    original; for journald, ``<N>message``: the priority is the line's, and
+    journald adds the time (a timestamp of ours would be there twice)."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, journal: bool = False) -> None:
         self._stream = stream
+        self._journal = journal
 
     def __call__(self, event: LogEvent) -> None:
         text = formatEvent(event)
         failure = event.get("log_failure")
         if failure is not None:
-            text = f"{text}\n{failure.getTraceback()}"
+            text = f"{text}\n{failure.getTraceback().rstrip()}"
         level = event.get("log_level", LogLevel.info)
-        self._stream.write(f"{level.name[0].upper()}: {text}\n")
+        if self._journal:
+            prefix = f"<{PRIORITIES.get(level, 6)}>"
+            text = "\n".join(prefix + line for line in text.split("\n"))
+            self._stream.write(text + "\n")
+        else:
+            self._stream.write(f"{level.name[0].upper()}: {text}\n")
         self._stream.flush()
 
 
-def stderr_observer(stream: TextIO) -> ILogObserver:
-    """``L: message`` lines on ``stream``, as the original."""
+def stderr_observer(stream: TextIO, journal: bool = False) -> ILogObserver:
+    """``L: message`` lines on ``stream``, as the original (``<N>message``
+    for journald)."""
     # Twisted's own chatter (factories starting, ...) only from WARNING up;
     # ser2tcp's events were filtered by -v already.
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)
     predicate.setLogLevelForNamespace(_log.NAMESPACE, LogLevel.debug)
-    return FilteringLogObserver(_LineObserver(stream), [predicate])
+    return FilteringLogObserver(_LineObserver(stream, journal), [predicate])
 
 
 def _may_need_tls(config: Config) -> bool:
@@ -145,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     _log.set_verbosity(args.verbose)
     _log.watch_accept_errors()
-    globalLogBeginner.beginLoggingTo([stderr_observer(sys.stderr)], redirectStandardIO=False)
+    observer = stderr_observer(sys.stderr, goes_to_journal(sys.stderr))
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     if not _may_need_tls(config):
         # Twisted's TCP module loads pyOpenSSL and cryptography (about 13 MiB
         # of memory) whenever they are installed; without TLS nothing uses them.

@@ -210,8 +210,22 @@ class ServerConfig:
     #: websocket: what the terminal's setting and line controls do
     #: ("apply", "ignore" or "reject", as RFC 2217's policy).
     settings: str = "apply"
-    #: Where this server stands in the config, for messages.
-    where: str = ""
+    #: Where this server stands in the config, for messages only: a
+    #: server moved in the list is the same server to a reload.
+    where: str = field(default="", compare=False)
+
+    @property
+    def place(self) -> str:
+        """Where it listens: a reload matches servers by this, so a socket
+        that stays where it was is never closed and bound again."""
+        if self.protocol == "websocket":
+            return f"ws:{self.endpoint}"
+        if self.endpoint is not None:
+            return f"endpoint:{self.endpoint}"
+        if self.protocol == "socket":
+            return f"unix:{self.address}"
+        address = "" if self.address in (None, "", "*", "0.0.0.0") else self.address
+        return f"tcp:{address}:{self.port}"
 
     @property
     def label(self) -> str:
@@ -278,7 +292,8 @@ class PortConfig:
     log: LogConfig | None = None
     #: Bytes of device output kept for joining clients (0: none).
     scrollback: int = 0
-    where: str = ""
+    #: Where the port stands in the config, for messages only.
+    where: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,20 @@ log = _log.logger("http")
 
 
 def http_listeners(
-    config: Config, ports: Callable[[], Iterable[PortView]], reactor: Any
+    config: Config,
+    ports: Callable[[], Iterable[PortView]],
+    reactor: Any,
+    started_at: float,
+    reload: Callable[[], str] | None = None,
+    terminals: Iterable[PortView] | None = None,
 ) -> list[ListenerService]:
-    """One listener per ``http`` entry, all serving one resource tree."""
-    tree = WebRoot(ports, reactor.seconds())
-    mount_terminals(tree, ports(), reactor)
+    """One listener per ``http`` entry, all serving one resource tree.
+
+    ``terminals``: the ports whose websocket servers get a terminal, when
+    they are not ``ports()`` yet (a reload builds the tree before it
+    commits)."""
+    tree = WebRoot(ports, started_at, reload)
+    mount_terminals(tree, ports() if terminals is None else terminals, reactor)
     guarded = None
     if config.users or config.tokens:
         from .webauth import Checker

@@ -32,7 +32,7 @@ from .modem import ModemWatch
 from .portstats import PortStats
 from .reopen import Reopener
 from .scrollback import Scrollback
-from .serial_control import SETTINGS
+from .serial_control import PYSERIAL_DEFAULTS, SETTINGS
 
 log = _log.logger("hub")
 
@@ -104,6 +104,7 @@ class PortHub:
         self.link = link
         self.clock: IReactorTime = clock
         config = config if config is not None else PortConfig(serial=SerialConfig(), servers=())
+        self.config = config
         self.name: str = config.name or cast(str, link.name)  # a zope Attribute: untyped
         self.keep_open = config.open == "always"
         self.hold = config.on_loss == "hold"
@@ -129,6 +130,8 @@ class PortHub:
         self._device_busy = False
         self._reading = False
         self._closing_on_purpose = False
+        #: Open the device again once it is closed (a reload changed it).
+        self._reopen_when_closed = False
         self._backlog: list[bytes] = []
         self._waiting_closed: list[defer.Deferred[None]] = []
         self._modem = ModemWatch(self.clock, lambda: self.control)
@@ -234,16 +237,16 @@ class PortHub:
         for session in list(self.sessions):
             session.notice(text)
 
-    def shutdown(self) -> list[IClientSession]:
-        """The daemon is stopping: stop reading the device now, and close
-        every client in order once what was read for it is sent.  Returns
-        the clients, for the caller to abort those that have not taken
-        their data by its deadline."""
+    def shutdown(self, why: str = "ser2tcp is stopping") -> list[IClientSession]:
+        """The daemon is stopping (or a reload removed the port): stop
+        reading the device now, and close every client in order once what
+        was read for it is sent.  Returns the clients, for the caller to
+        abort those that have not taken their data by its deadline."""
         sessions, self.sessions = list(self.sessions), {}
         self._forget_read_only_all(sessions)
         for session in sessions:
-            session.notice("ser2tcp is stopping")
-            session.close("ser2tcp is stopping")
+            session.notice(why)
+            session.close(why)
         self._modem.stop()
         self._deliver = []
         self._reopen.stop()
@@ -390,10 +393,11 @@ class PortHub:
         waiting, self._waiting_closed = self._waiting_closed, []
         for d in waiting:
             d.callback(None)
+        reopen, self._reopen_when_closed = self._reopen_when_closed, False
         if self.keep_open and not on_purpose:
             self._reopen.failed(why)
-        elif self.sessions:
-            self._open()  # clients came while the device was closing
+        elif self.sessions or reopen:
+            self._open()  # clients came while the device was closing, or a reload
         else:
             # Nobody is left to want what was sent meanwhile.
             self._backlog.clear()
@@ -413,6 +417,72 @@ class PortHub:
         self._backlog.clear()
         self._notice(f"serial port {self.name} lost: {why}; waiting for it")
         self._reopen.failed(why, quiet=True)
+
+    # reload
+
+    def reconfigure(self, config: PortConfig) -> list[str]:
+        """A reload changed this port's own keys: apply them in place, its
+        clients stay.  Returns what was done, for the reload's summary."""
+        old, self.config = self.config, config
+        done: list[str] = []
+        if config.serial != old.serial:
+            done.append(self._reconfigure_serial(old.serial, config.serial))
+        self._reopen.interval = config.reopen_interval
+        self.hold = config.on_loss == "hold"
+        if config.scrollback != old.scrollback:
+            self._resize_scrollback(config.scrollback)
+            done.append("scrollback")
+        if config.open != old.open:
+            self.keep_open = config.open == "always"
+            done.append(f"open: {config.open}")
+            if self.keep_open and self.state is State.CLOSED:
+                self._open()
+            elif not self.keep_open and not self.sessions:
+                if self.state is State.OPEN:
+                    self._close()
+                elif self.state is State.CLOSED:
+                    self._reopen.stop()  # no longer waiting for an absent device
+        return done
+
+    def _reconfigure_serial(self, old: SerialConfig, new: SerialConfig) -> str:
+        """Serial settings and lines are set on the open device; another
+        device (or ``exclusive``, timeouts) means opening it again, with
+        the clients kept."""
+        self.link.config = new
+        live = (*SETTINGS, "dsrdtr")
+        if self._in_effect is not None:  # held: the device comes back with the new ones
+            for key in live:
+                if old.settings.get(key) != new.settings.get(key) and key in self._in_effect:
+                    self._in_effect[key] = new.settings.get(key, PYSERIAL_DEFAULTS.get(key, False))
+        settings_only = old.match == new.match and all(
+            old.settings.get(key) == new.settings.get(key) for key in {*old.settings, *new.settings} - {*live}
+        )
+        if not settings_only:
+            if self.state is State.OPEN:
+                self._reopen_when_closed = True
+                self._close()
+                return "device reopened"
+            return "device changed"
+        control = self.control
+        if control is None:
+            return "serial settings changed"
+        for key in live:
+            if old.settings.get(key) != new.settings.get(key):
+                control.apply(key, new.settings.get(key, PYSERIAL_DEFAULTS.get(key, False)))
+        for line in ("dtr", "rts"):
+            if old.lines.get(line) != new.lines.get(line):
+                control.set_line(line, new.lines.get(line, True))
+        return "serial settings applied"
+
+    def _resize_scrollback(self, size: int) -> None:
+        old = self.scrollback
+        self.scrollback = Scrollback(size) if size else None
+        if old is not None:
+            self.taps.remove(old)
+            if self.scrollback is not None:
+                self.scrollback.device_data(old.contents())
+        if self.scrollback is not None:
+            self.taps.insert(0, self.scrollback)
 
     def _set_device_busy(self, busy: bool) -> None:
         if busy != self._device_busy:

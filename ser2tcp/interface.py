@@ -54,6 +54,7 @@ class ISerialLink(Interface):
     """Opens and closes one serial device on behalf of its hub."""
 
     name = Attribute("str: the device as configured, for logs")
+    config = Attribute("SerialConfig: what the next open uses (a reload replaces it)")
 
     def open(protocol, in_effect=None):  # type: ignore[no-untyped-def]
         """Resolve the device and open it with ``protocol`` attached.

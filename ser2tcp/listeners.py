@@ -20,8 +20,15 @@ from typing import Any, cast
 
 from twisted.application.service import Service
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from . import _log
 from .config import ConfigError, ServerConfig, StartupError
@@ -145,6 +152,33 @@ def systemd_by_index(reactor: Any, description: str, where: str) -> IStreamServe
     return endpoints.AdoptedStreamServerEndpoint(reactor, fd, family)
 
 
+@implementer(IProtocolFactory)
+class Switch:
+    """The factory a listening socket holds: it hands each connection to
+    the factory of the config in force, so that a reload can change what a
+    socket serves without closing it (no moment where the place is free,
+    and no bind that can fail)."""
+
+    def __init__(self, factory: IProtocolFactory) -> None:
+        self.factory = factory
+
+    def doStart(self) -> None:
+        self.factory.doStart()
+
+    def doStop(self) -> None:
+        self.factory.doStop()
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        return self.factory.buildProtocol(addr)
+
+    def switch(self, factory: IProtocolFactory, listening: bool) -> None:
+        """Serve new connections with ``factory`` from now on."""
+        old, self.factory = self.factory, factory
+        if listening:
+            factory.doStart()
+            old.doStop()
+
+
 class ListenerService(Service):
     """Listens on one endpoint while running; a failure to listen fails the start."""
 
@@ -155,7 +189,27 @@ class ListenerService(Service):
     ) -> None:
         self.endpoint = endpoint
         self.factory = factory
+        self.switch = Switch(factory)
         self.server = server
+
+    def listen(self) -> None:
+        """Bind now (a reload binds its new places before changing anything)."""
+        self._listen()
+
+    def adopt(self, old: ListenerService) -> None:
+        """Take over ``old``'s listening socket (the same place in a reloaded
+        config): new connections get this listener's factory, the socket
+        stays open, and ``old`` no longer closes it when it stops."""
+        self.port, old.port = old.port, None
+        old.switch.switch(self.factory, listening=self.port is not None)
+        self.switch = old.switch
+        server = self.server
+        if server.protocol == "socket" and server.endpoint is None and server.mode != old.server.mode:
+            mode = server.mode if server.mode is not None else 0o666 & ~current_umask()
+            try:
+                os.chmod(str(server.address), mode)
+            except OSError as e:
+                log.warn("{where}: cannot chmod {path}: {e}", where=server.where, path=server.address, e=e)
 
     def privilegedStartService(self) -> None:
         # twistd binds here, before dropping privileges; twist only calls
@@ -203,7 +257,7 @@ class ListenerService(Service):
         if server.protocol == "socket" and server.endpoint is None:
             self._clear_stale_socket()
         result: list[Any] = []
-        self.endpoint.listen(self.factory).addBoth(result.append)
+        self.endpoint.listen(self.switch).addBoth(result.append)
         if not result:
             raise StartupError(f"{self.server.where}: {self.server.label}: listening did not complete")
         if isinstance(result[0], Failure):

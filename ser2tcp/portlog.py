@@ -180,6 +180,10 @@ class PortLog:
 
     # lifecycle
 
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
     def open(self) -> None:
         """Open (or create) the file; OSError says why it cannot be."""
         directory, name = os.path.split(os.path.abspath(self.config.path))

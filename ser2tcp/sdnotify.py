@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping
 
 from twisted.internet import task
@@ -52,6 +53,10 @@ class Notifier:
             self._watchdog = task.LoopingCall(lambda: self.send("WATCHDOG=1", f"STATUS={status()}"))
             self._watchdog.clock = self._clock
             self._watchdog.start(self._interval, now=False)
+
+    def reloading(self) -> None:
+        """A reload starts; :meth:`ready` says when it is over."""
+        self.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
 
     def stopping(self) -> None:
         if self._watchdog is not None:

@@ -25,6 +25,10 @@ log = _log.logger("serial")
 #: The settings RFC 2217 can change, as pyserial attributes.
 SETTINGS = ("baudrate", "bytesize", "parity", "stopbits", "xonxoff", "rtscts")
 MODEM_LINES = ("cts", "dsr", "ri", "cd")
+#: What pyserial opens a port with when the config says nothing.
+PYSERIAL_DEFAULTS: dict[str, Any] = dict(
+    baudrate=9600, bytesize=8, parity="N", stopbits=1, xonxoff=False, rtscts=False
+)
 
 
 @implementer(ISerialControl)

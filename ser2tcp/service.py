@@ -17,11 +17,12 @@ from twisted.internet.interfaces import IProtocolFactory
 
 from . import _log
 from .admission import Admission, PortCount
-from .config import Config, ConfigError, PortConfig, ServerConfig, StartupError
+from .config import Config, ConfigError, PortConfig, ServerConfig, StartupError, load_config
 from .hub import PortHub, State
 from .listeners import ListenerService, make_endpoint
 from .portlog import PortLog
 from .protocols import ClientFactory
+from .reload import ReloadError
 from .sdnotify import Notifier
 from .serial_link import DeviceClaims, SerialLink
 
@@ -81,36 +82,56 @@ def _abort_slow(sessions: list[Any]) -> None:
 class PortService(MultiService):
     """A serial port: its hub, its device link and its listeners."""
 
+    #: What its clients are told when it stops.
+    stop_reason = "ser2tcp is stopping"
+
     def __init__(self, port: PortConfig, reactor: Any, claims: DeviceClaims | None = None) -> None:
         super().__init__()
         self.config = port
         self.reactor = reactor
         self.link = SerialLink(port.serial, reactor, port_name=port.name, claims=claims)
         self.hub = PortHub(self.link, reactor, port)
-        self.port_log: PortLog | None = None
-        if port.log is not None:
-            self.port_log = PortLog(port.log, reactor, self.hub.name)
+        self.port_log = self.make_log(port)
+        if self.port_log is not None:
             self.hub.taps.append(self.port_log)
-        count = PortCount(port.max_connections)
+        self.count = PortCount(port.max_connections)
         #: Each server's admission: its clients in order, for status pages.
         self.admissions: list[Admission] = []
         for server in port.servers:
-            admission = Admission(server, count)
+            admission, listener = self.make_server(server)
             self.admissions.append(admission)
-            if server.protocol == "websocket":
-                continue  # served by the HTTP servers (ser2tcp.http_service)
-            factory = FACTORIES[server.protocol](self.hub, server, reactor, admission)
-            ListenerService(make_endpoint(reactor, server), factory, server).setServiceParent(self)
+            if listener is not None:
+                listener.setServiceParent(self)
+
+    def make_log(self, port: PortConfig) -> PortLog | None:
+        return PortLog(port.log, self.reactor, self.hub.name) if port.log is not None else None
+
+    def make_server(self, server: ServerConfig) -> tuple[Admission, ListenerService | None]:
+        """A server's admission, and its listener (None for a websocket
+        server: the HTTP servers serve it, see :mod:`ser2tcp.http_service`)."""
+        admission = Admission(server, self.count)
+        if server.protocol == "websocket":
+            return admission, None
+        factory = FACTORIES[server.protocol](self.hub, server, self.reactor, admission)
+        return admission, ListenerService(make_endpoint(self.reactor, server), factory, server)
+
+    def listeners(self) -> list[ListenerService]:
+        return [s for s in self if isinstance(s, ListenerService)]
+
+    def open_log(self, port_log: PortLog | None = None) -> None:
+        """Open the port log (or ``port_log``) if it is not open yet."""
+        port_log = port_log or self.port_log
+        if port_log is None or port_log.is_open:
+            return
+        try:
+            port_log.open()
+        except OSError as e:
+            raise StartupError(
+                f"{self.config.where}.log.path: cannot open {port_log.config.path}: {e.strerror or e}"
+            ) from None
 
     def startService(self) -> None:
-        if self.port_log is not None:
-            try:
-                self.port_log.open()
-            except OSError as e:
-                path = self.port_log.config.path
-                raise StartupError(
-                    f"{self.config.where}.log.path: cannot open {path}: {e.strerror or e}"
-                ) from None
+        self.open_log()
         super().startService()  # listeners first: a bind failure stops the start
         self.hub.start()
 
@@ -121,8 +142,12 @@ class PortService(MultiService):
 
     @defer.inlineCallbacks
     def stopService(self) -> Any:
-        yield super().stopService()  # no new clients
-        sessions = self.hub.shutdown()
+        # No new clients (the sockets stop accepting now and are closed in
+        # the background), and the device is let go at once: a reload may
+        # give it to another port in this same reactor turn.
+        stopping = super().stopService()
+        sessions = self.hub.shutdown(self.stop_reason)
+        yield stopping
         # Each client is closed in order (FIN, TLS close_notify) once it has
         # what was read for it; one that has not taken it by the deadline
         # is aborted, so that stopping never takes more than about a second.
@@ -142,67 +167,130 @@ class PortService(MultiService):
 
 
 class Ser2TcpService(MultiService):
-    """The daemon: every configured port."""
+    """The daemon: every configured port, and the HTTP servers."""
 
     _previous_usr1: Any = None
+    _previous_hup: Any = None
 
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
         self.config = config
-        self._reactor = reactor
+        self.reactor = reactor
+        self.started_at: float = reactor.seconds()
         self._notifier = Notifier(reactor)
-        claims = DeviceClaims()  # one device, one port
+        self.claims = DeviceClaims()  # one device, one port
         for port in config.ports:
-            PortService(port, reactor, claims).setServiceParent(self)
+            PortService(port, reactor, self.claims).setServiceParent(self)
         if config.http:
             # twisted.web and prometheus_client are loaded only when used.
             from .http_service import http_listeners
 
-            for listener in http_listeners(config, self._ports, reactor):
+            for listener in http_listeners(config, self.ports, reactor, self.started_at, self.reload):
                 listener.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
         self._start(super().privilegedStartService)
 
     def startService(self) -> None:
-        for warning in self.config.warnings:
-            log.warn("{warning}", warning=warning)
+        self._log_warnings()
         self._start(super().startService)
         self._notifier.ready(self.summary)
+        self._previous_hup = on_signal(signal.SIGHUP, self.reactor, self.reload_on_signal)
+        self._watch_logs()
+
+    def stopService(self) -> Any:
+        self._notifier.stopping()
+        for signum, attr in ((signal.SIGUSR1, "_previous_usr1"), (signal.SIGHUP, "_previous_hup")):
+            previous = getattr(self, attr)
+            if previous is not None:
+                signal.signal(signum, previous)
+                setattr(self, attr, None)
+        return super().stopService()
+
+    def _log_warnings(self) -> None:
+        for warning in self.config.warnings:
+            log.warn("{warning}", warning=warning)
         if self.config.http:
             from .http_service import warn_if_open
 
             warn_if_open(self.config)
-        if any(port.port_log is not None for port in self._ports()):
-            self._previous_usr1 = reopen_on_signal(self._reactor, self.reopen_logs)
 
-    def stopService(self) -> Any:
-        self._notifier.stopping()
-        if self._previous_usr1 is not None:
-            signal.signal(signal.SIGUSR1, self._previous_usr1)
-            self._previous_usr1 = None
-        return super().stopService()
+    def _watch_logs(self) -> None:
+        """SIGUSR1 reopens the port logs, once there are any."""
+        if self._previous_usr1 is None and any(p.port_log is not None for p in self.ports()):
+            self._previous_usr1 = on_signal(signal.SIGUSR1, self.reactor, self.reopen_logs, chain=True)
 
     def summary(self) -> str:
         """One line for systemd's STATUS: ports open, clients."""
-        ports = self._ports()
+        ports = self.ports()
         opened = sum(1 for p in ports if p.hub.state is State.OPEN)
         clients = sum(len(p.hub.sessions) for p in ports)
         return f"{len(ports)} port(s), {opened} open, {clients} client(s)"
 
     def reopen_logs(self) -> None:
-        for port in self._ports():
+        for port in self.ports():
             port.reopen_log()
 
-    def _ports(self) -> list[PortService]:
+    # reload
+
+    def reload_on_signal(self) -> None:
+        """SIGHUP: reload; a failure is logged and changes nothing."""
+        try:
+            self.reload()
+        except ReloadError:
+            pass  # logged
+
+    def reload(self) -> str:
+        """Read the config file again and put it in force with the least
+        disruption (see :mod:`ser2tcp.reload`).  Returns the summary, or
+        raises :class:`ReloadError` (logged) with the running config whole."""
+        from .reload import Reload
+
+        source = self.config.source
+        self._notifier.reloading()
+        try:
+            try:
+                change = Reload(self, load_config(source))
+                change.prepare()
+            except (ConfigError, StartupError) as e:
+                text = str(e) if str(e).startswith(source) else f"{source}: {e}"
+                log.error("Reload failed, the running config stays: {text}", text=text)
+                raise ReloadError(text) from None
+            summary = change.commit()
+            self.config = change.config
+            self._log_warnings()
+            self._watch_logs()
+            self.reopen_logs()
+            log.info("Reloaded {source}: {summary}", source=source, summary=summary)
+            return summary
+        finally:
+            self._notifier.ready(self.summary)
+
+    def put_in_order(self, config: Config) -> None:
+        """Children in the config's order (status pages list them so)."""
+        order = {port.name: i for i, port in enumerate(config.ports)}
+        self.services.sort(
+            key=lambda s: order.get(s.config.name, -1) if isinstance(s, PortService) else len(order)
+        )
+
+    # the tree
+
+    def ports(self) -> list[PortService]:
         return [s for s in self if isinstance(s, PortService)]
+
+    def http_listeners(self) -> list[ListenerService]:
+        return [s for s in self if isinstance(s, ListenerService)]
+
+    def listeners(self) -> list[ListenerService]:
+        """Every listener: the ports' and the HTTP servers'."""
+        return [s for port in self.ports() for s in port.listeners()] + self.http_listeners()
 
     def probe(self) -> None:
         """Check before daemonizing that every listener can be bound."""
         self._start(self._probe_listeners)
 
     def _probe_listeners(self) -> None:
-        for listener in self._listeners():
+        for listener in self.listeners():
             listener.probe()
 
     def _start(self, start: Callable[[], object]) -> None:
@@ -210,25 +298,22 @@ class Ser2TcpService(MultiService):
             start()
         except StartupError as e:
             # Leave nothing listening: stop whatever started before the failure.
-            for listener in self._listeners():
+            for listener in self.listeners():
                 listener.stopService()
             raise StartupError(f"{self.config.source}: {e}") from None
 
-    def _listeners(self) -> list[ListenerService]:
-        ours = [s for s in self if isinstance(s, ListenerService)]
-        return [s for port in self._ports() for s in port if isinstance(s, ListenerService)] + ours
 
-
-def reopen_on_signal(reactor: Any, reopen: Callable[[], None]) -> Any:
-    """Call ``reopen`` from the reactor on SIGUSR1, then whatever handled it
-    before (``twistd`` reopens its own log on it).  Returns the previous handler."""
+def on_signal(signum: int, reactor: Any, call: Callable[[], None], chain: bool = False) -> Any:
+    """Call ``call`` from the reactor on ``signum`` (then, with ``chain``,
+    whatever handled it before: ``twistd`` reopens its own log on SIGUSR1).
+    Returns the previous handler, to put back."""
 
     def handler(signum: int, frame: Any) -> None:
-        reactor.callFromThread(reopen)
-        if callable(previous):
+        reactor.callFromThread(call)
+        if chain and callable(previous):
             previous(signum, frame)
 
-    previous = signal.signal(signal.SIGUSR1, handler)
+    previous = signal.signal(signum, handler)
     return signal.SIG_DFL if previous is None else previous
 
 

@@ -11,12 +11,7 @@ from . import __version__
 from .admission import Admission
 from .config import PortConfig
 from .hub import PortHub, State
-from .serial_control import SETTINGS
-
-#: What pyserial opens a port with when the config says nothing.
-PYSERIAL_DEFAULTS: dict[str, Any] = dict(
-    baudrate=9600, bytesize=8, parity="N", stopbits=1, xonxoff=False, rtscts=False
-)
+from .serial_control import PYSERIAL_DEFAULTS, SETTINGS
 
 
 class PortView(Protocol):

@@ -15,6 +15,7 @@ import ipaddress
 import json
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.web import http, resource, server, static
@@ -152,13 +153,47 @@ class ClientsResource(resource.Resource):
         return ClientResource(self.api, client_id)
 
 
+class ReloadResource(resource.Resource):
+    """``POST /api/reload``: as SIGHUP, with the outcome in the answer."""
+
+    isLeaf = True
+
+    def __init__(self, reload: Callable[[], str]) -> None:
+        super().__init__()
+        self.reload = reload
+
+    def render_POST(self, request: Any) -> bytes:
+        origin = request.getHeader(b"origin")
+        host = request.getHeader(b"host") or ""
+        if origin and urlsplit(origin).netloc.lower() != host.lower():
+            # A form on another site may not use the browser's credentials here.
+            return json_response(request, 403, {"error": "origin not allowed"})
+        who = getattr(request, "ser2tcp_user", None) or "an unauthenticated user"
+        addr = request.getClientAddress().host
+        log.info("Reload requested over HTTP by {who} from {addr}", who=who, addr=addr)
+        from .reload import ReloadError
+
+        try:
+            summary = self.reload()
+        except ReloadError as e:
+            return json_response(request, 409, {"reloaded": False, "error": str(e)})
+        return json_response(request, 200, {"reloaded": True, "summary": summary})
+
+
 class Api(resource.Resource):
-    def __init__(self, ports: Callable[[], Iterable[PortView]], started_at: float) -> None:
+    def __init__(
+        self,
+        ports: Callable[[], Iterable[PortView]],
+        started_at: float,
+        reload: Callable[[], str] | None = None,
+    ) -> None:
         super().__init__()
         self.ports = ports
         self.started_at = started_at
         self.putChild(b"status", StatusResource(self))
         self.putChild(b"clients", ClientsResource(self))
+        if reload is not None:
+            self.putChild(b"reload", ReloadResource(reload))
 
 
 class Page(resource.Resource):
@@ -180,12 +215,17 @@ class Page(resource.Resource):
 class WebRoot(resource.Resource):
     """``/`` (the status page), ``/api/...`` and ``/metrics``."""
 
-    def __init__(self, ports: Callable[[], Iterable[PortView]], started_at: float) -> None:
+    def __init__(
+        self,
+        ports: Callable[[], Iterable[PortView]],
+        started_at: float,
+        reload: Callable[[], str] | None = None,
+    ) -> None:
         super().__init__()
         from prometheus_client.twisted import MetricsResource
 
         self.putChild(b"", Page("index.html"))
-        self.putChild(b"api", Api(ports, started_at))
+        self.putChild(b"api", Api(ports, started_at, reload))
         self.putChild(b"metrics", MetricsResource(make_registry(ports)))
         #: Web terminals mount here: /ws/<endpoint> and /xterm/<endpoint>.
         self.ws = resource.Resource()

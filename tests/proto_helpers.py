@@ -28,6 +28,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ser2tcp.config import SerialConfig
 from ser2tcp.interface import ISerialLink
 from tests.helpers import TIMEOUT, clean_env, ticks, wait_until
 
@@ -44,6 +45,7 @@ class InstantLink:
         make_device: Callable[[], StringTransport] = StringTransport,
     ) -> None:
         self.name = name
+        self.config = SerialConfig(settings={"port": name})
         self.fail = fail
         self.make_device = make_device
         self.device: StringTransport | None = None

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from ser2tcp.config import SerialConfig
 from ser2tcp.hub import PortHub, State
 from ser2tcp.interface import IClientSession, ISerialLink
 
@@ -23,6 +24,7 @@ class FakeLink:
     name = "/dev/ttyFAKE"
 
     def __init__(self) -> None:
+        self.config = SerialConfig(settings={"port": self.name})
         self.opens: list[tuple[Protocol, defer.Deferred[Any]]] = []
         self.closes: list[bool] = []
         self.closed_calls = 0
