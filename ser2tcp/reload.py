@@ -19,7 +19,7 @@ It runs in two phases, within one reactor turn:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from . import _log
@@ -78,6 +78,13 @@ class PortUpdate:
         return f"{self.config.name} ({', '.join(parts) or 'settings'})"
 
 
+def same_port(old: PortConfig, new: PortConfig) -> bool:
+    """Equal configs, whatever the order of the servers."""
+    return replace(old, servers=()) == replace(new, servers=()) and sorted(
+        old.servers, key=lambda s: s.place
+    ) == sorted(new.servers, key=lambda s: s.place)
+
+
 @dataclass
 class _Future:
     """A port as the new config will have it, for mounting web terminals."""
@@ -100,6 +107,9 @@ class Reload:
         self._adoptions: list[tuple[ListenerService, ListenerService]] = []
         self._bound: list[ListenerService] = []
         self._opened: list[PortLog] = []
+        #: Unchanged ports, with their config as the new file says it (its
+        #: servers may be listed in another order).
+        self._moved: list[tuple[PortService, PortConfig]] = []
 
     # prepare
 
@@ -124,8 +134,9 @@ class Reload:
             service = running.get(port.name)
             if service is None:
                 self.added.append(PortService(port, daemon.reactor, daemon.claims))
-            elif service.config == port:
+            elif same_port(service.config, port):
                 self.kept.append(service)
+                self._moved.append((service, port))
             else:
                 self.updates.append(self._update(service, port))
         if self.config.http:
@@ -194,15 +205,19 @@ class Reload:
     def commit(self) -> str:
         """Put the new config in force; returns the one-line summary."""
         daemon = self.daemon
-        for new, old in self._adoptions:
-            new.adopt(old)
+        for listener, running in self._adoptions:
+            listener.adopt(running)
         for service in self.removed:
             service.stop_reason = f"port {service.config.name} was removed from the config"
             service.disownServiceParent()
         changed = []
         for update in self.updates:
-            old = update.service.config
-            changed.append(update.describe(self._apply(update), old))
+            before = update.service.config
+            changed.append(update.describe(self._apply(update), before))
+        for service, port in self._moved:
+            order = {server.place: i for i, server in enumerate(port.servers)}
+            service.admissions.sort(key=lambda a: order[a.server.place])
+            service.config = port
         for service in self.added:
             service.setServiceParent(daemon)
         for listener in daemon.http_listeners():

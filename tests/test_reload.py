@@ -219,6 +219,16 @@ class ServiceReloadTests(SynchronousTestCase):
         self.assertEqual([a.server.port for a in after["b"].admissions], [7003, 7002])
         self.assertEqual(self.listening(), [7001, 7002, 7003, 7004])  # only 7004 was bound
 
+    def test_servers_listed_in_another_order_change_nothing(self) -> None:
+        a = {"name": "a", "serial": {"port": "/dev/ttyA"}, "servers": [tcp(7001), tcp(7002)]}
+        service = self.start(a)
+        before = service.ports()[0]
+        admissions = list(before.admissions)
+        self.write({**a, "servers": [tcp(7002), tcp(7001)]})
+        self.assertEqual(service.reload(), "nothing changed")
+        self.assertIs(service.ports()[0], before)
+        self.assertEqual(before.admissions, admissions[::-1])
+
     def test_invalid_config_changes_nothing(self) -> None:
         a = {"name": "a", "serial": {"port": "/dev/ttyA"}, "servers": [tcp(7001)]}
         service = self.start(a)

@@ -13,6 +13,7 @@ import urllib.request
 from typing import Any
 
 from tests.helpers import (
+    SER2TCP,
     TWIST,
     Background,
     Case,
@@ -27,6 +28,7 @@ from tests.helpers import (
 )
 from tests.proto_helpers import GREETING
 from tests.test_console_daemon import telnet_server
+from tests.test_sdnotify import notify_socket
 
 #: A pattern whose every 256-byte block is the same: a lost or doubled
 #: chunk shows as a mismatch at its offset.
@@ -62,7 +64,7 @@ class ReloadTests(ReloadCase):
         pa, pb, pc = free_port(), free_port(), free_port()
         config = {"ports": [named("a", a.path, tcp_server(pa)), named("b", b.path, tcp_server(pb))]}
         daemon, path = self.start(config, [pa, pb])
-        client = self.connect(pa)
+        client = self.connect(pa, rcvbuf=65536)  # the device is still sending at the reload
         daemon.wait_holds(a.path)
         writer = Background(a.write, STREAM, self.deadline(30))
         got = recv_exactly(client, 1 << 20, self.deadline(30))
@@ -256,6 +258,51 @@ class ReloadTests(ReloadCase):
         self.assertTrue({pa, pb} <= listening_ports(daemon.pid))
         self.connect(pb).close()
         self.assertNotIn("Reloaded", daemon.output())
+
+
+class ReloadAroundTests(ReloadCase):
+    def test_systemd_is_told_reloading_then_ready(self) -> None:
+        sock, notify = notify_socket(self)
+        sock.settimeout(10)
+        pty = self.pty()
+        port = free_port()
+        path = self.config({"ports": [named("board", pty.path, tcp_server(port))]})
+        daemon = self.daemon([SER2TCP, "-v", "-c", path], env=clean_env(NOTIFY_SOCKET=notify))
+        self.assertTrue(sock.recv(4096).startswith(b"READY=1\n"))
+        daemon.proc.send_signal(signal.SIGHUP)
+        reloading = sock.recv(4096).decode()
+        self.assertRegex(reloading, r"\ARELOADING=1\nMONOTONIC_USEC=[0-9]+\Z")
+        self.assertEqual(sock.recv(4096), b"READY=1\nSTATUS=1 port(s), 0 open, 0 client(s)")
+        daemon.wait_output("Reloaded")
+
+    def test_port_logs_are_reopened(self) -> None:
+        pty = self.pty()
+        port = free_port()
+        directory = self.tempdir()
+        log_path = os.path.join(directory, "board.log")
+        config = {
+            "ports": [
+                {
+                    **named("board", pty.path, tcp_server(port)),
+                    "open": "always",
+                    "log": {"path": log_path, "timestamps": False},
+                }
+            ]
+        }
+        daemon, path = self.start(config, [port])
+        daemon.wait_holds(pty.path)
+        pty.write(b"first\n")
+        wait_until(
+            lambda: os.path.exists(log_path) and open(log_path, "rb").read() == b"first\n", what="the log"
+        )
+        os.rename(log_path, log_path + ".1")  # as logrotate does
+        self.reload(daemon)
+        pty.write(b"second\n")
+        wait_until(
+            lambda: os.path.exists(log_path) and open(log_path, "rb").read() == b"second\n", what="a new log"
+        )
+        with open(log_path + ".1", "rb") as f:
+            self.assertEqual(f.read(), b"first\n")
 
 
 class ReloadOverHttpTests(ReloadCase):
