@@ -21,12 +21,14 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, IProtocolFactory
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import _log
 from .config import ConfigError, SslConfig
+from .fastpath import immediate_writer
 from .protocols import ClientFactory, RawClient, log
 
 
@@ -90,13 +92,19 @@ def certificate_options(config: SslConfig, where: str) -> ssl.CertificateOptions
         kwargs["trustRoot"] = ssl.trustRootFromCertificates(
             [ssl.Certificate(crypto.X509.from_cryptography(c)) for c in cas]
         )
-    return ssl.CertificateOptions(
+    options = ssl.CertificateOptions(
         privateKey=crypto.PKey.from_cryptography_key(key),
         certificate=crypto.X509.from_cryptography(chain[0]),
         extraCertChain=[crypto.X509.from_cryptography(c) for c in chain[1:]],
         raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
         **kwargs,
     )
+    # A TLS 1.2 client may not renegotiate: it buys nothing here and makes
+    # the server redo its most expensive work on a client's demand.  OpenSSL
+    # 3 refuses it by default; this keeps it so with any OpenSSL.  (The
+    # context is made once and shared by every connection.)
+    options.getContext().set_options(SSL.OP_NO_RENEGOTIATION)
+    return options
 
 
 @implementer(IHandshakeListener)
@@ -179,5 +187,94 @@ class TlsFactory(ClientFactory):
     protocol_class = TlsClient
 
 
+#: Largest plaintext of one TLS record.
+RECORD = 2**14
+#: What one read of the send BIO takes: the records of a 64 KiB write.
+BIO_READ = 4 * RECORD + 1024
+
+
+class DirectTLS(TLSMemoryBIOProtocol):
+    """Twisted's TLS layer, moving whole chunks rather than records.
+
+    Twisted's default (``BufferingTLSTransport``) holds a small write until
+    the next reactor turn to join it with others, then hands each 16 KiB
+    record to the socket's transport, which sends on the turn after.  A
+    proxy writes what one device read brought, already gathered, and a
+    console wants it now.  Here:
+
+    * a write is encrypted whole and all its records leave in one send, at
+      once when the socket is idle (:func:`~ser2tcp.fastpath.immediate_writer`);
+    * what one socket read brings is decrypted whole and handed up as one
+      chunk: one device write per read, not one per record.
+
+    Only the three methods that move bytes are replaced; handshake,
+    shutdown, producers and errors stay Twisted's.
+    """
+
+    def makeConnection(self, transport: Any) -> None:
+        self._send_now = immediate_writer(transport)
+        super().makeConnection(transport)
+
+    def _flushSendBIO(self) -> None:
+        chunks = []
+        while True:
+            try:
+                chunk = self._tlsConnection.bio_read(BIO_READ)
+            except SSL.WantReadError:
+                break
+            chunks.append(chunk)
+            if len(chunk) < BIO_READ:
+                break  # that was all: no call that only raises WantReadError
+        if chunks:
+            self._send_now(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def _write(self, bytes: bytes) -> None:  # noqa: A002  # Twisted's parameter name
+        if self._lostTLSConnection:
+            return
+        data = memoryview(bytes)
+        connection = self._tlsConnection
+        while data:
+            try:
+                sent = connection.send(data)  # one record: partial writes are on
+            except SSL.WantReadError:
+                # A renegotiation waits for the peer: keep the rest for later.
+                self._flushSendBIO()
+                self._bufferedWrite(data.tobytes())
+                return
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+                return
+            data = data[sent:]
+        self._flushSendBIO()
+
+    def _flushReceiveBIO(self) -> None:
+        chunks: list[bytes] = []
+        while not self._lostTLSConnection:
+            try:
+                chunks.append(self._tlsConnection.recv(RECORD))
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:  # close_notify: what came before it first
+                self._deliver(chunks)
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except SSL.Error:
+                self._deliver(chunks)
+                self._tlsShutdownFinished(Failure())
+        self._deliver(chunks)
+        # What was received may call for an answer (a key update).
+        self._flushSendBIO()
+
+    def _deliver(self, chunks: list[bytes]) -> None:
+        if chunks and not self._aborted:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            ProtocolWrapper.dataReceived(self, data)
+
+
+class DirectTLSFactory(TLSMemoryBIOFactory):
+    protocol = DirectTLS
+
+
 def wrap_tls(factory: IProtocolFactory, options: ssl.CertificateOptions, clock: Any) -> TLSMemoryBIOFactory:
-    return TLSMemoryBIOFactory(options, False, factory, clock=clock)
+    return DirectTLSFactory(options, False, factory, clock=clock)
