@@ -425,7 +425,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     return {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "args": vars(args),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rounds": rounds,
         "median": median,
     }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,31 @@ class BenchSmokeTests(SynchronousTestCase):
         self.assertEqual(figures["churn"]["ser2tcp"]["cycles"], 200)
         report_after = report.stat().st_mtime_ns if report.exists() else None
         self.assertEqual(report_before, report_after, "bench/RESULTS.md must not be written")
+
+
+class ProtocolBenchSmokeTests(SynchronousTestCase):
+    def test_protocols_quick_run(self) -> None:
+        """``bench/protocols.py`` in its smallest form completes with every
+        byte of every variant verified (a mismatch exits non-zero) and
+        reports every figure; no timing is judged."""
+        if not os.access(SER2TCP, os.X_OK):
+            raise SkipTest(f"no ser2tcp console script at {SER2TCP}")
+        for program in ("socat", "openssl"):
+            if shutil.which(program) is None:
+                raise SkipTest(f"{program} is not installed (.ci/run installs it)")
+        out = Path(self.mktemp())
+        out.mkdir()
+        argv = [sys.executable, str(REPO / "bench" / "protocols.py"), "--mib", "1", "--rounds", "1"]
+        argv += ["--trips", "20", "--fanout", "4", "--fanout-mib", "1", "--churn", "0.2"]
+        proc = subprocess.run(
+            [*argv, "--json", str(out / "p.json")], capture_output=True, text=True, timeout=300, check=False
+        )
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        median = json.loads((out / "p.json").read_text())["median"]
+        for name in ("ser2tcp tcp", "ser2tcp telnet", "ser2tcp tls", "socat tls"):
+            self.assertGreater(median[name]["down_random_mib_s"], 0, name)
+            self.assertGreater(median[name]["up_mib_s"], 0, name)
+            self.assertGreater(median[name]["rtt_p50_us"], 0, name)
+        self.assertGreater(median["ser2tcp fan-out"]["fanout_tls_mib_s"], 0)
+        self.assertGreater(median["handshakes"]["ser2tcp"], 0)
+        self.assertIn("TLS handshakes", proc.stdout)
