@@ -302,7 +302,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"raw results: {path}")
     if not args.no_markdown:
-        Path(args.markdown).write_text(report.markdown(results, path))
+        target = Path(args.markdown)
+        # Sections other benchmarks wrote (after the first "<!-- " marker) stay.
+        kept = target.read_text().split("\n<!-- ", 1) if target.exists() else []
+        tail = "\n<!-- " + kept[1] if len(kept) == 2 else ""
+        target.write_text(report.markdown(results, path) + tail)
         print(f"report: {args.markdown}")
     return 0
 
