@@ -43,7 +43,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="-v: INFO (clients, serial open/close), -vv: DEBUG with the data of both directions",
     )
     parser.add_argument("-u", "--usb", action="store_true", help="list USB serial devices and exit")
-    parser.add_argument("-c", "--config", help="JSON config file")
+    parser.add_argument(
+        "-c", "--config", action="append", help="JSON config file (several with --check: one per daemon)"
+    )
     parser.add_argument(
         "--check",
         action="store_true",
@@ -61,8 +63,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         return args
     if args.config is None:
         parser.error("the following arguments are required: -c/--config")
-    if not args.config:
+    if not all(args.config):
         parser.error("-c/--config: the path is empty")
+    args.configs, args.config = args.config, args.config[0]
+    if len(args.configs) > 1 and not args.check:
+        parser.error("one config per daemon: several -c only with --check (run an instance per config)")
     return args
 
 
@@ -163,14 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.hash_password:
         return hash_password(sys.stdin)
     if args.check:
-        from .check import check_config
+        from .check import report_check
 
-        problem = check_config(args.config)
-        if problem is not None:
-            print(problem, file=sys.stderr)
-            return 1
-        print(f"{args.config}: OK")
-        return 0
+        return report_check(args.configs)
     try:
         config = load_config(args.config)
     except ConfigError as e:

@@ -171,6 +171,7 @@ class Ser2TcpService(MultiService):
 
     _previous_usr1: Any = None
     _previous_hup: Any = None
+    _budgeted = False
 
     def __init__(self, config: Config, reactor: Any) -> None:
         super().__init__()
@@ -189,9 +190,11 @@ class Ser2TcpService(MultiService):
                 listener.setServiceParent(self)
 
     def privilegedStartService(self) -> None:
+        self._budget()
         self._start(super().privilegedStartService)
 
     def startService(self) -> None:
+        self._budget()
         self._log_warnings()
         self._start(super().startService)
         self._notifier.ready(self.summary)
@@ -206,6 +209,14 @@ class Ser2TcpService(MultiService):
                 signal.signal(signum, previous)
                 setattr(self, attr, None)
         return super().stopService()
+
+    def _budget(self) -> None:
+        """Raise the descriptor limit before anything is bound or opened."""
+        if not self._budgeted:
+            self._budgeted = True
+            from .limits import check_budget
+
+            check_budget(self.config)
 
     def _log_warnings(self) -> None:
         for warning in self.config.warnings:

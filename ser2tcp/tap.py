@@ -27,12 +27,19 @@ def fail(message: str) -> NoReturn:
 class Options(usage.Options):
     synopsis = "-c CONFIG [-v|-vv]"
     longdesc = "Share serial ports over TCP, TELNET, TLS and Unix sockets."
-    optParameters = [["config", "c", None, "JSON config file (required)"]]
-
     def __init__(self) -> None:
         super().__init__()
         self["verbose"] = 0
+        self["config"] = None
+        self["configs"] = []
         self.config: Config | None = None
+
+    def opt_config(self, path: str) -> None:
+        """JSON config file (required; several with --check: one per daemon)"""
+        self["configs"].append(path)
+        self["config"] = path
+
+    opt_c = opt_config
 
     def opt_verbose(self) -> None:
         """-v: INFO (connections, serial open/close); -vv: DEBUG with data"""
@@ -61,16 +68,14 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["config"] is None:
             raise usage.UsageError("the config file is required: -c CONFIG")
-        if not self["config"]:
+        if not all(self["configs"]):
             raise usage.UsageError("-c/--config: the path is empty")
         if self.get("check"):
-            from .check import check_config
+            from .check import report_check
 
-            problem = check_config(self["config"])
-            if problem is not None:
-                fail(problem)
-            print(f"{self['config']}: OK")
-            raise SystemExit(0)
+            raise SystemExit(report_check(self["configs"]))
+        if len(self["configs"]) > 1:
+            raise usage.UsageError("one config per daemon: several -c only with --check")
         try:
             self.config = load_config(self["config"])
         except ConfigError as e:

@@ -104,15 +104,21 @@ class UnitFileTests(Case):
         if analyze is None:
             raise SkipTest("systemd-analyze is not installed (.ci/run installs it)")
         directory = self.tempdir()
-        unit = os.path.join(REPO, "systemd", "ser2tcp.service")
-        with open(unit, encoding="utf-8") as f:
-            text = f.read().replace("/usr/local/bin/ser2tcp", SER2TCP)  # an executable that exists here
-        copy = os.path.join(directory, "ser2tcp.service")
-        with open(copy, "w", encoding="utf-8") as f:
-            f.write(text)
-        result = run([analyze, "verify", copy])
-        self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""))
-        self.assertIn("Type=notify", text)
+        # The template is verified as an instance of it.
+        for name, verified in (
+            ("ser2tcp.service", "ser2tcp.service"),
+            ("ser2tcp@.service", "ser2tcp@rack1.service"),
+        ):
+            unit = os.path.join(REPO, "systemd", name)
+            with open(unit, encoding="utf-8") as f:
+                text = f.read().replace("/usr/local/bin/ser2tcp", SER2TCP)  # an executable that exists here
+            with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+                f.write(text)
+            result = run([analyze, "verify", os.path.join(directory, verified)])
+            self.assertEqual((result.returncode, result.stdout + result.stderr), (0, ""), name)
+            for setting in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "LimitNOFILE=65536"):
+                self.assertIn(setting, text)
+        self.assertIn("-c /etc/ser2tcp/%i.json", text)
 
 
 class SocketActivationTests(Case):
