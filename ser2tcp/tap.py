@@ -27,6 +27,7 @@ def fail(message: str) -> NoReturn:
 class Options(usage.Options):
     synopsis = "-c CONFIG [-v|-vv]"
     longdesc = "Share serial ports over TCP, TELNET, TLS and Unix sockets."
+
     def __init__(self) -> None:
         super().__init__()
         self["verbose"] = 0
