@@ -12,8 +12,9 @@ scenario and profile, on fresh pseudo-terminals and a fresh daemon:
 
 * start: seconds from the start to every port listening;
 * every client connects, and is seen to get device data (NUL bytes);
-* idle (``--idle`` s): the daemon's CPU share and its wake-ups per second
-  (context switches of all its threads, from /proc);
+* idle (``--idle`` s, ``--settle`` s after the last client joined): the
+  daemon's CPU share and its wake-ups per second (context switches of all
+  its threads, from /proc);
 * load (``--seconds`` s): every device sends random bytes at the byte rate
   of ``--baud`` (8N1: baud / 10 bytes a second), written every
   ``--tick`` s; the daemon's CPU share, CPU seconds per MiB delivered to
@@ -165,12 +166,19 @@ class Clients:
     """Every client socket, read by one thread with poll(), each checked
     against what its device sent (after the NULs that proved it joined)."""
 
-    def __init__(self, ports: list[int], per_port: int) -> None:
+    def __init__(self, ports: list[int], per_port: int, budget: float) -> None:
         self.socks: list[socket.socket] = []
         self.port_of: dict[int, int] = {}
+        end = time.monotonic() + budget
         for i, port in enumerate(ports):
             for _ in range(per_port):
-                s = socket.create_connection(("127.0.0.1", port), timeout=30)
+                left = end - time.monotonic()
+                if left <= 0:
+                    self.close()
+                    raise TimeoutError(
+                        f"{len(self.socks)} of {len(ports) * per_port} connected in {budget:g} s"
+                    )
+                s = socket.create_connection(("127.0.0.1", port), timeout=left)
                 s.setblocking(False)
                 self.socks.append(s)
                 self.port_of[s.fileno()] = i
@@ -256,9 +264,13 @@ def write_paced(
                 if written[i] == 0
                 else rng.randbytes(want)
             )
-            # What the client must see is known before it can arrive.
+            # What a client must see is known before it can arrive: append
+            # first, then take back what the device did not accept.
+            expected = clients.expected[i]
+            expected += data
             n = pty.try_write(data)
-            clients.expected[i] += data[:n]
+            if n < len(data):
+                del expected[len(expected) - (len(data) - n) :]
             written[i] += n
         time.sleep(max(0.0, start + (_ + 1) * tick - time.monotonic()))
     return offered * len(ptys), sum(written)
@@ -321,9 +333,9 @@ def run_one(profile: str, nports: int, per_port: int, args: argparse.Namespace) 
                 time.sleep(0.005)
             result["start_s"] = time.monotonic() - started
             try:
-                clients = Clients(ports, per_port)
+                clients = Clients(ports, per_port, args.join_timeout)
             except OSError as e:
-                result["status"] = f"clients could not connect: {e}"
+                result["status"] = f"did not manage: clients could not connect: {e}"
                 return result
             deadline = time.monotonic() + args.join_timeout
             while len(clients.joined) < len(clients.socks) and time.monotonic() < deadline:
@@ -340,6 +352,9 @@ def run_one(profile: str, nports: int, per_port: int, args: argparse.Namespace) 
             for i in range(len(ptys)):
                 ptys[i].drain()
             clients.read(0.5)  # the last NULs
+            # What joining set off (port logs flushing the NULs) settles first.
+            time.sleep(args.settle)
+            clients.read(0)
             # idle
             pid = proc.pid
             cpu0, wake0, t0 = cpu_seconds(pid) or 0.0, wakeups(pid), time.monotonic()
@@ -474,6 +489,9 @@ def main() -> None:
     parser.add_argument("--profiles", default="ser2tcp,ser2tcp-console,ser2net,ser2tcp-2.3.0")
     parser.add_argument("--baud", type=int, default=115200)
     parser.add_argument("--idle", type=float, default=5.0)
+    parser.add_argument(
+        "--settle", type=float, default=3.0, help="seconds between joining and the idle window"
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--tick", type=float, default=0.05)
     parser.add_argument("--drain", type=float, default=10.0)

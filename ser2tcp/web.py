@@ -97,6 +97,11 @@ class Site(server.Site):
     def log(self, request: Any) -> None:
         pass  # no access log: the API is polled every few seconds
 
+    def startFactory(self) -> None:
+        """Twisted's HTTP factory sets up its access log here, with a timer
+        that refreshes the log's date every second; without an access log
+        neither is needed, and nothing runs while nothing moves."""
+
 
 def json_response(request: Any, code: int, body: Any) -> bytes:
     request.setResponseCode(code)

@@ -214,3 +214,20 @@ class ChannelLimitTests(SynchronousTestCase):
         for _ in range(10):
             channel.dataReceived(chunk)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "))
+
+
+class SiteTimerTests(SynchronousTestCase):
+    def test_a_started_site_arms_no_timer(self) -> None:
+        """Twisted's HTTP factory refreshes its access log's date every
+        second; ours has no access log and must not wake up idle."""
+        from twisted.web import resource
+
+        from ser2tcp.config_http import HttpConfig
+        from ser2tcp.web import build_site
+
+        clock = Clock()
+        listen = ServerConfig("tcp", address="127.0.0.1", port=8080)
+        site = build_site(HttpConfig(listen), resource.Resource(), None, clock)
+        site.doStart()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        site.doStop()
