@@ -178,7 +178,11 @@ class Clients:
                     raise TimeoutError(
                         f"{len(self.socks)} of {len(ports) * per_port} connected in {budget:g} s"
                     )
-                s = socket.create_connection(("127.0.0.1", port), timeout=left)
+                try:
+                    s = socket.create_connection(("127.0.0.1", port), timeout=left)
+                except OSError as e:
+                    self.close()
+                    raise OSError(f"{len(self.socks)} of {len(ports) * per_port} connected ({e})") from None
                 s.setblocking(False)
                 self.socks.append(s)
                 self.port_of[s.fileno()] = i

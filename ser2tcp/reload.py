@@ -110,6 +110,8 @@ class Reload:
         #: Unchanged ports, with their config as the new file says it (its
         #: servers may be listed in another order).
         self._moved: list[tuple[PortService, PortConfig]] = []
+        #: TLS listeners that stay, with their certificates read again.
+        self._renewed: list[tuple[ListenerService, Any]] = []
 
     # prepare
 
@@ -117,6 +119,7 @@ class Reload:
         """Build and bind everything new; on failure undo it and raise."""
         try:
             self._build()
+            self._renew_tls()
             self._open_logs()
             self._bind()
         except Exception:
@@ -170,6 +173,14 @@ class Reload:
             update.port_log = service.make_log(port)
         return update
 
+    def _renew_tls(self) -> None:
+        """Kept TLS servers read their certificate files again."""
+        for service in self.kept:
+            self._renewed += service.renewed_tls()
+        for update in self.updates:
+            kept = {a.server.place for a in update.admissions} - {s.server.place for s in update.listeners}
+            self._renewed += [(s, f) for s, f in update.service.renewed_tls() if s.server.place in kept]
+
     def _open_logs(self) -> None:
         for service in self.added:
             if service.port_log is not None:
@@ -207,6 +218,8 @@ class Reload:
         daemon = self.daemon
         for listener, running in self._adoptions:
             listener.adopt(running)
+        for listener, factory in self._renewed:
+            listener.switch.switch(factory, listening=listener.port is not None)
         for service in self.removed:
             service.stop_reason = f"port {service.config.name} was removed from the config"
             service.disownServiceParent()

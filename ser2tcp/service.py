@@ -115,6 +115,19 @@ class PortService(MultiService):
         factory = FACTORIES[server.protocol](self.hub, server, self.reactor, admission)
         return admission, ListenerService(make_endpoint(self.reactor, server), factory, server)
 
+    def renewed_tls(self) -> list[tuple[ListenerService, IProtocolFactory]]:
+        """For each TLS listener, a factory with its certificate, key and CAs
+        read again (a reload picks up renewed certificates; clients already
+        connected keep their session)."""
+        admissions = {a.server.place: a for a in self.admissions}
+        renewed = []
+        for listener in self.listeners():
+            server = listener.server
+            if server.protocol == "ssl" and server.place in admissions:
+                factory = _tls_factory(self.hub, server, self.reactor, admissions[server.place])
+                renewed.append((listener, factory))
+        return renewed
+
     def listeners(self) -> list[ListenerService]:
         return [s for s in self if isinstance(s, ListenerService)]
 

@@ -103,3 +103,29 @@ class ProtocolBenchSmokeTests(SynchronousTestCase):
         self.assertGreater(median["ser2tcp fan-out"]["fanout_tls_mib_s"], 0)
         self.assertGreater(median["handshakes"]["ser2tcp"], 0)
         self.assertIn("TLS handshakes", proc.stdout)
+
+
+class ManyPortsBenchSmokeTests(SynchronousTestCase):
+    def test_many_quick_run(self) -> None:
+        """``bench/many.py`` in a tiny form: ser2tcp with and without the
+        console features completes, every client gets every byte, the idle
+        window and the start are measured; no timing is judged."""
+        if not os.access(SER2TCP, os.X_OK):
+            raise SkipTest(f"no ser2tcp console script at {SER2TCP}")
+        out = Path(self.mktemp())
+        out.mkdir()
+        argv = [sys.executable, str(REPO / "bench" / "many.py"), "--scenarios", "4x3"]
+        argv += ["--profiles", "ser2tcp,ser2tcp-console", "--idle", "0.5", "--settle", "0.5"]
+        argv += ["--seconds", "1", "--startup", "16", "--json", str(out / "m.json")]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        data = json.loads((out / "m.json").read_text())
+        self.assertEqual([r["profile"] for r in data["runs"]], ["ser2tcp", "ser2tcp-console"])
+        for run in data["runs"]:
+            self.assertEqual(run["status"], "ok", run)
+            self.assertTrue(run["every_byte"], run)
+            self.assertEqual(run["carried"], 1.0, run)
+            self.assertIn("idle_wakeups_s", run)
+        self.assertEqual(data["runs"][1]["scrapes_failed"], 0)
+        self.assertEqual(data["startup"]["status"], "ok")
+        self.assertIn("Many ports", proc.stdout)

@@ -305,6 +305,52 @@ class ReloadAroundTests(ReloadCase):
             self.assertEqual(f.read(), b"first\n")
 
 
+class CertificateRenewalTests(ReloadCase):
+    def test_reload_reads_renewed_certificates(self) -> None:
+        import shutil
+        import ssl
+
+        from tests.proto_helpers import Pki
+
+        first, second = Pki(self.tempdir()), Pki(self.tempdir())
+        directory = self.tempdir()
+        cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        shutil.copy(first.server_cert, cert)
+        shutil.copy(first.server_key, key)
+        pty = self.pty()
+        port = free_port()
+        server = {
+            "protocol": "ssl",
+            "address": "127.0.0.1",
+            "port": port,
+            "ssl": {"certfile": cert, "keyfile": key},
+        }
+        daemon, path = self.start({"ports": [named("board", pty.path, server)]}, [port])
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+        def peer_certificate(sock: Any) -> bytes:
+            return bytes(sock.getpeercert(binary_form=True))
+
+        before = ctx.wrap_socket(self.connect(port))
+        self.addCleanup(before.close)
+        with open(first.server_cert, "rb") as f:
+            self.assertEqual(peer_certificate(before), ssl.PEM_cert_to_DER_cert(f.read().decode()))
+        daemon.wait_holds(pty.path)
+        shutil.copy(second.server_cert, cert)  # renewed, same paths: the config is unchanged
+        shutil.copy(second.server_key, key)
+        self.assertIn("nothing changed", self.reload(daemon))
+        after = ctx.wrap_socket(self.connect(port))
+        self.addCleanup(after.close)
+        with open(second.server_cert, "rb") as f:
+            self.assertEqual(peer_certificate(after), ssl.PEM_cert_to_DER_cert(f.read().decode()))
+        daemon.wait_output("Client connected", 2)
+        pty.write(b"both")
+        self.assertEqual(recv_exactly(before, 4, self.deadline()), b"both")  # the old session goes on
+        self.assertEqual(recv_exactly(after, 4, self.deadline()), b"both")
+
+
 class ReloadOverHttpTests(ReloadCase):
     def post(self, url: str, **headers: str) -> tuple[int, dict[str, Any]]:
         request = urllib.request.Request(url, method="POST", data=b"", headers=headers)
