@@ -201,6 +201,27 @@ class Api(resource.Resource):
             self.putChild(b"reload", ReloadResource(reload))
 
 
+class MetricsPage(resource.Resource):
+    """``GET /metrics``: the Prometheus exposition, rendered in the reactor
+    thread.  (``prometheus_client.twisted`` serves it from a thread pool,
+    where collecting would read the ports while the reactor changes them.)"""
+
+    isLeaf = True
+
+    def __init__(self, registry: Any) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Any) -> bytes:
+        from prometheus_client.exposition import choose_encoder
+
+        accept = request.getHeader(b"accept")
+        encode, content_type = choose_encoder(accept.decode("latin-1") if accept else "")
+        request.setHeader(b"content-type", content_type.encode())
+        request.setHeader(b"cache-control", b"no-store")
+        return bytes(encode(self.registry))
+
+
 class Page(resource.Resource):
     """A page shipped in the package (no external resources: gateways are
     often offline)."""
@@ -227,11 +248,9 @@ class WebRoot(resource.Resource):
         reload: Callable[[], str] | None = None,
     ) -> None:
         super().__init__()
-        from prometheus_client.twisted import MetricsResource
-
         self.putChild(b"", Page("index.html"))
         self.putChild(b"api", Api(ports, started_at, reload))
-        self.putChild(b"metrics", MetricsResource(make_registry(ports)))
+        self.putChild(b"metrics", MetricsPage(make_registry(ports)))
         #: Web terminals mount here: /ws/<endpoint> and /xterm/<endpoint>.
         self.ws = resource.Resource()
         self.xterm = resource.Resource()

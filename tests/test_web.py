@@ -180,6 +180,26 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(samples[("ser2tcp_device_losses_total", port)], 0)
         self.assertIn("process_cpu_seconds_total", text)
 
+    def test_page_renders_in_the_calling_thread(self) -> None:
+        """The exposition is made during render(), in the reactor's thread
+        (no thread pool reading the ports while the reactor changes them);
+        OpenMetrics when the scraper asks for it."""
+        from twisted.web.test.requesthelper import DummyRequest
+
+        from ser2tcp.web import MetricsPage
+
+        ports = Ports()
+        page = MetricsPage(make_registry(lambda: [ports]))  # type: ignore[list-item]
+        request = DummyRequest([b""])
+        body = page.render(request)
+        self.assertIsInstance(body, bytes)
+        self.assertIn(b'ser2tcp_port_open{port="lab1"} 1.0', body)
+        self.assertTrue(request.responseHeaders.getRawHeaders(b"content-type")[0].startswith(b"text/plain"))
+        request = DummyRequest([b""])
+        request.requestHeaders.setRawHeaders(b"accept", [b"application/openmetrics-text; version=1.0.0"])
+        body = page.render(request)
+        self.assertTrue(body.endswith(b"# EOF\n"))
+
 
 class ChannelLimitTests(SynchronousTestCase):
     def channel(self) -> tuple[LimitedChannel, StringTransport, Clock]:
