@@ -1314,14 +1314,15 @@ class Rfc2217Tests(RobustCase):
 #: Runs argv[2:] with the soft RLIMIT_NOFILE set to argv[1] (exec: same pid).
 LIMIT_WRAPPER = (
     "import os, resource, sys\n"
-    "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
-    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), hard))\n"
+    "limit = int(sys.argv[1])\n"
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )
 
 
 def with_fd_limit(limit: int) -> list[str]:
-    """An argv prefix running the daemon with at most ``limit`` descriptors."""
+    """An argv prefix running the daemon with at most ``limit`` descriptors:
+    the hard limit too, as the daemon raises its soft limit to the hard one."""
     return [sys.executable, "-c", LIMIT_WRAPPER, str(limit)]
 
 
