@@ -5,9 +5,10 @@ pause the device.  Device data is buffered in memory and handed over in one
 piece at most :data:`FLUSH_DELAY` seconds later (one timer, armed by data:
 nothing runs while nothing moves) or once :data:`FLUSH_SIZE` bytes wait.
 
-The writing itself is done by a thread of the log's own, fed in order by a
-bounded queue: a write can wait for the disk (page cache full, a slow
-device), and the data path must never wait for the log.  A disk slower than
+The writing itself is done by one thread for every log of the daemon, fed
+in order by a bounded queue: a write can wait for the disk (page cache
+full, a slow device), and the data path must never wait for the log.  One
+timer for every log hands them their data together.  A disk slower than
 the device loses log data (counted, one WARNING), never device data.
 
 Rotation by size is Twisted's ``twisted.python.logfile.LogFile`` (binary,
@@ -22,6 +23,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from typing import Any, Callable, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -38,8 +40,8 @@ log = _log.logger("portlog")
 FLUSH_DELAY = 0.5
 #: Bytes that make a write happen at once.
 FLUSH_SIZE = 64 * 1024
-#: Writes that may wait for the disk (of up to FLUSH_SIZE bytes each).
-QUEUE_WRITES = 64
+#: Bytes of all port logs together that may wait for the disk.
+QUEUE_BYTES = 64 * 1024 * 1024
 
 
 def timestamp(now: float) -> bytes:
@@ -92,64 +94,130 @@ class InlineWriter:
             pass
 
 
-_REOPEN, _STOP = object(), object()
+_REOPEN = object()
+
+
+class DiskThread:
+    """The one thread that writes every port log of the process.
+
+    A thread per log would cost a thread, its memory and its wake-ups per
+    port: 256 of each on a lab host.  One thread, fed in order by one queue,
+    does the file operations of every log; the reactor never waits for the
+    disk.  It starts with the first log and then waits in its queue, which
+    costs nothing while nothing moves.  At most ``limit`` bytes may wait for
+    the disk: past that, writes are refused (the log counts them lost)."""
+
+    def __init__(self, limit: int = QUEUE_BYTES) -> None:
+        self._queue: queue.SimpleQueue[tuple[InlineWriter, Any]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._limit = limit
+        self._queued = 0
+
+    def put(self, writer: InlineWriter, item: Any) -> bool:
+        """Queue ``item`` (bytes, :data:`_REOPEN`, or an Event: close, then
+        set it) for ``writer``; False if too much data waits already."""
+        size = len(item) if isinstance(item, bytes) else 0
+        with self._lock:
+            if self._queued + size > self._limit:
+                return False
+            self._queued += size
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ser2tcp port logs", daemon=True)
+                self._thread.start()
+        self._queue.put((writer, item))
+        return True
+
+    def _run(self) -> None:
+        while True:
+            writer, item = self._queue.get()
+            if item is _REOPEN:
+                writer.reopen()
+            elif isinstance(item, threading.Event):
+                writer.close()
+                item.set()
+            else:
+                writer.write(item)
+                with self._lock:
+                    self._queued -= len(item)
+
+
+#: The writer thread of every port log.
+DISK = DiskThread()
 
 
 class ThreadWriter:
-    """Writes in a thread of its own, fed by a bounded FIFO queue, so that
-    the reactor never waits for the disk.  Failures are reported back in
-    the reactor thread."""
+    """A port log's file operations, done in order by :data:`DISK`'s
+    thread.  Failures are reported back in the reactor thread."""
 
     def __init__(
         self,
         file: LogFile,
         failed: Callable[[OSError, int], None],
         call_from_thread: Callable[..., Any],
-        name: str,
+        disk: DiskThread = DISK,
     ) -> None:
         self._inline = InlineWriter(file, self._report)
         self._failed = failed
         self._call = call_from_thread
-        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_WRITES)
-        self._thread = threading.Thread(target=self._run, name=f"ser2tcp log {name}", daemon=True)
-        self._thread.start()
+        self._disk = disk
 
     def write(self, data: bytes) -> bool:
-        try:
-            self._queue.put_nowait(data)
-        except queue.Full:
-            return False
-        return True
+        return self._disk.put(self._inline, data)
 
     def reopen(self) -> None:
-        try:
-            self._queue.put_nowait(_REOPEN)
-        except queue.Full:
+        if not self._disk.put(self._inline, _REOPEN):
             self._report(OSError("the disk is too slow to reopen the log now"), 0)
 
     def close(self) -> None:
         """Write what is queued, then close: waits for the disk (stopping),
         for a few seconds at most."""
-        try:
-            self._queue.put(_STOP, timeout=5.0)
-        except queue.Full:
-            return
-        self._thread.join(5.0)
+        done = threading.Event()
+        self._disk.put(self._inline, done)
+        done.wait(5.0)
 
     def _report(self, error: OSError, lost: int) -> None:
         self._call(self._failed, error, lost)
 
-    def _run(self) -> None:
-        inline = self._inline
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                inline.close()
-                return
-            if item is _REOPEN:
-                inline.reopen()
-            else:
-                inline.write(item)
+
+class Flusher:
+    """One timer for every port log on a clock: armed when a log first has
+    data waiting, it hands what every log holds to the disk at once.  A
+    timer (and a wake-up of the writer) per log would cost one per port."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._logs: dict[PortLog, None] = {}
+        self._timer: IDelayedCall | None = None
+
+    def due(self, port_log: PortLog) -> None:
+        self._logs[port_log] = None
+        if self._timer is None:
+            self._timer = self._clock.callLater(FLUSH_DELAY, self._fire)
+
+    def done(self, port_log: PortLog) -> None:
+        self._logs.pop(port_log, None)
+        if not self._logs and self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        logs, self._logs = self._logs, {}
+        for port_log in logs:
+            port_log.flush()
+
+
+_flushers: weakref.WeakKeyDictionary[Any, Flusher] = weakref.WeakKeyDictionary()
+
+
+def flusher(clock: IReactorTime) -> Flusher:
+    """The flush timer of every port log on ``clock``."""
+    found = _flushers.get(clock)
+    if found is None:
+        found = _flushers[clock] = Flusher(clock)
+    return found
 
 
 @implementer(IDeviceTap)
@@ -170,7 +238,8 @@ class PortLog:
         self._writer: Writer | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
-        self._timer: IDelayedCall | None = None
+        self._flusher = flusher(clock)
+        self._due = False
         self._line_start = True
         #: Why the log is suspended (the disk refused a write), or None.
         self._suspended: str | None = None
@@ -195,7 +264,7 @@ class PortLog:
         )
         if self._threaded:
             call = getattr(self._clock, "callFromThread", None) or (lambda f, *a: f(*a))
-            self._writer = ThreadWriter(file, self._failed, call, self._port)
+            self._writer = ThreadWriter(file, self._failed, call)
         else:
             self._writer = InlineWriter(file, self._failed)
 
@@ -260,15 +329,15 @@ class PortLog:
         self._pending_size += len(data)
         if self._pending_size >= FLUSH_SIZE:
             self.flush()
-        elif self._timer is None:
-            self._timer = self._clock.callLater(FLUSH_DELAY, self.flush)
+        elif not self._due:
+            self._due = True
+            self._flusher.due(self)
 
     def flush(self) -> None:
         """Hand what is pending to the writer now."""
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        if self._due:
+            self._due = False
+            self._flusher.done(self)
         if not self._pending:
             return
         data = b"".join(self._pending)

@@ -134,18 +134,83 @@ class TimestampTests(PortLogCase):
 
 
 class ThreadWriterTests(PortLogCase):
-    def test_written_in_order_by_its_thread(self) -> None:
+    def test_written_in_order_by_one_thread_for_every_log(self) -> None:
         self.dir = self.mktemp()
         os.mkdir(self.dir)
-        self.path = os.path.join(self.dir, "port.log")
-        log = PortLog(LogConfig(path=self.path, timestamps=False), Clock(), "lab1")
-        log.open()
+        clock = Clock()
+        threads_before = threading.active_count()
+        logs = [
+            PortLog(LogConfig(path=os.path.join(self.dir, f"p{i}.log"), timestamps=False), clock, f"p{i}")
+            for i in range(3)
+        ]
+        for log in logs:
+            log.open()
         chunks = [os.urandom(FLUSH_SIZE) for _ in range(20)]
         for chunk in chunks:
-            log.device_data(chunk)  # each fills a write
-        log.close()  # waits for the thread to write what is queued
-        self.assertEqual(self.contents(), b"".join(chunks))
-        self.assertFalse(any(t.name == "ser2tcp log lab1" for t in threading.enumerate()))
+            for log in logs:
+                log.device_data(chunk)  # each fills a write
+        for log in logs:
+            log.close()  # waits for the thread to write what is queued
+        for i in range(3):
+            self.assertEqual(self.contents(os.path.join(self.dir, f"p{i}.log")), b"".join(chunks))
+        # Three logs, at most one thread more (none if an earlier test started it).
+        self.assertLessEqual(threading.active_count() - threads_before, 1)
+
+    def test_one_timer_hands_every_log_its_data(self) -> None:
+        self.dir = self.mktemp()
+        os.mkdir(self.dir)
+        clock = Clock()
+        logs = [
+            PortLog(
+                LogConfig(path=os.path.join(self.dir, f"p{i}.log"), timestamps=False),
+                clock,
+                f"p{i}",
+                threaded=False,
+            )
+            for i in range(4)
+        ]
+        for i, log in enumerate(logs):
+            log.open()
+            clock.advance(0.1)
+            log.device_data(b"%d" % i)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # not one a log
+        clock.advance(FLUSH_DELAY)
+        for i in range(4):
+            self.assertEqual(self.contents(os.path.join(self.dir, f"p{i}.log")), b"%d" % i)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_too_much_waiting_for_the_disk_is_refused(self) -> None:
+        from ser2tcp.portlog import DiskThread, InlineWriter
+
+        disk = DiskThread(limit=10)
+        written: list[bytes] = []
+
+        class Slow(InlineWriter):
+            def __init__(self) -> None:
+                self.release = threading.Event()
+
+            def write(self, data: bytes) -> bool:
+                self.release.wait(5)
+                written.append(data)
+                return True
+
+        slow = Slow()
+        self.assertTrue(disk.put(slow, b"12345678"))
+        self.assertFalse(disk.put(slow, b"345"))  # 11 bytes would wait
+        self.assertTrue(disk.put(slow, b"90"))
+        slow.release.set()
+        done = threading.Event()
+
+        class Closing(InlineWriter):
+            def __init__(self) -> None:
+                pass
+
+            def close(self) -> None:
+                pass
+
+        disk.put(Closing(), done)
+        self.assertTrue(done.wait(5))
+        self.assertEqual(written, [b"12345678", b"90"])
 
 
 class RotationTests(PortLogCase):
