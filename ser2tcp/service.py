@@ -271,6 +271,8 @@ class Ser2TcpService(MultiService):
         from .reload import Reload
 
         source = self.config.source
+        if not self.running:
+            raise ReloadError(f"{source}: ser2tcp is not running (starting or stopping)")
         self._notifier.reloading()
         try:
             try:

@@ -241,6 +241,13 @@ class ServiceReloadTests(SynchronousTestCase):
         self.assertEqual(self.by_name(service), before)
         self.assertIs(service.config, config)
 
+    def test_no_reload_once_stopping(self) -> None:
+        service = self.start({"name": "a", "serial": {"port": "/dev/ttyA"}, "servers": [tcp(7001)]})
+        service.stopService()
+        with self.assertRaises(ReloadError) as caught:
+            service.reload()
+        self.assertIn("not running", str(caught.exception))
+
     def test_sighup_reloads_from_the_reactor(self) -> None:
         service = self.start({"name": "a", "serial": {"port": "/dev/ttyA"}, "servers": [tcp(7001)]})
         self.write(
