@@ -53,6 +53,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Pty, cpu_seconds, raise_nofile, rss_kib  # noqa: E402
+from report import replace_section  # noqa: E402
 
 MiB = 1 << 20
 SOFT_LIMIT = 1024
@@ -485,16 +486,6 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--scenarios", default="256x10,64x10")
@@ -566,7 +557,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(data, indent=1))
     if args.markdown:
-        write_markdown(args.markdown, section)
+        replace_section(args.markdown, section, BEGIN, END)
 
 
 if __name__ == "__main__":

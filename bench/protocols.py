@@ -48,6 +48,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import Pty, cpu_seconds, free_port, is_listening, raise_nofile  # noqa: E402
+from report import replace_section  # noqa: E402
 
 from ser2tcp.telnet_codec import TelnetDecoder  # noqa: E402
 
@@ -566,16 +567,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--mib", type=int, default=48)
@@ -593,7 +584,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     if args.markdown:
-        write_markdown(args.markdown, section)
+        replace_section(args.markdown, section, BEGIN, END)
 
 
 if __name__ == "__main__":

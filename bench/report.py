@@ -383,3 +383,16 @@ def markdown(results: dict[str, Any], json_path: Path | None = None) -> str:
             lines += ["", *problems]
     lines.append("")
     return "\n".join(lines)
+
+
+def replace_section(path: Path, section: str, begin: str, end: str) -> None:
+    """Put ``section`` (which starts with ``begin`` and ends with ``end``)
+    in place of that section of ``path``, or append it: benchmarks run apart
+    share one RESULTS.md, and each rewrites only its own part."""
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section.rstrip("\n") + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
