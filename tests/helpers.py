@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import re
 import select
 import selectors
@@ -81,6 +82,29 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def quiet_ports(count: int, host: str = "127.0.0.1", seed: int | None = None) -> list[int]:
+    """``count`` distinct TCP ports that nothing listens on, taken below the
+    kernel's ephemeral range.  :func:`free_port` hands out ephemeral ports,
+    which the clients of tests running beside this one may take before the
+    daemon binds them; a test that needs many ports to stay free takes
+    these instead."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    rng = random.Random(seed)
+    candidates = rng.sample(range(10000, max(low, 10000 + 4 * count)), 4 * count)
+    ports: list[int] = []
+    for port in candidates:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise AssertionError(f"only {len(ports)} of {count} ports below {low} are free")
 
 
 def has_ipv6_loopback() -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest
 
-from tests.helpers import SER2TCP, Case, free_port, tcp_server, ticks
+from tests.helpers import SER2TCP, Case, quiet_ports, tcp_server, ticks
 
 PORTS = 128
 CLIENTS = 8
@@ -40,13 +40,7 @@ class ManyPortsTests(Case):
 
     def test_every_client_of_every_port_gets_device_data(self) -> None:
         ptys = [self.pty() for _ in range(PORTS)]
-        ports: list[int] = []
-        for _ in range(PORTS * 10):  # free_port() may hand out a port twice
-            port = free_port()
-            if port not in ports:
-                ports.append(port)
-            if len(ports) == PORTS:
-                break
+        ports = quiet_ports(PORTS)
         config: dict[str, Any] = {
             "ports": [
                 {
