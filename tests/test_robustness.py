@@ -482,7 +482,12 @@ class RobustCase(Case):
             sock.send(tag)
         else:
             sock.sendall(tag)
-        self.device.wait_for(tag, since)
+        try:
+            self.device.wait_for(tag, since)
+        except AssertionError as e:
+            came = self.device.position() - since
+            tail = self.daemon_.output()[-3000:]
+            raise AssertionError(f"{e} ({came} byte(s) came since); the daemon said:\n{tail}") from None
 
     def assert_serves(self, proto: str, size: int = 16 * KiB) -> None:
         """A fresh ``proto`` client gets every byte the device sends."""
@@ -720,7 +725,7 @@ class GarbageTests(RobustCase):
             sock.close()
 
     def test_random_bytes(self) -> None:
-        self.start()
+        self.start(flags=("-v",))  # INFO lines: what the daemon did, should it fail
         rng = random.Random(SEED)
         for proto in PROTOCOLS:
             for i in range(8):
