@@ -84,7 +84,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def quiet_ports(count: int, host: str = "127.0.0.1", seed: int | None = None) -> list[int]:
+def quiet_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct TCP ports that nothing listens on, taken below the
     kernel's ephemeral range.  :func:`free_port` hands out ephemeral ports,
     which the clients of tests running beside this one may take before the
@@ -92,8 +92,7 @@ def quiet_ports(count: int, host: str = "127.0.0.1", seed: int | None = None) ->
     these instead."""
     with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
         low = int(f.read().split()[0])
-    rng = random.Random(seed)
-    candidates = rng.sample(range(10000, max(low, 10000 + 4 * count)), 4 * count)
+    candidates = random.sample(range(10000, max(low, 10000 + 4 * count)), 4 * count)
     ports: list[int] = []
     for port in candidates:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
